@@ -1,0 +1,257 @@
+"""Reply Guy settings: one module, everything read from the environment.
+
+Every variable is listed with its default in ``.env.example``. Bad values stop the
+process at start (see ``replyguy.env``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from replyguy.env import env_bool, env_choice, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("REPLYGUY_VAR_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env_bool("DEBUG", False)
+
+# Local mode (DEBUG on) may run without a secret; anything else must bring its own.
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is required when DEBUG is off. Generate one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+        )
+    SECRET_KEY = "django-insecure-local-only-never-use-in-production"  # noqa: S105
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_q",
+    "resilience",
+    "bot",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "replyguy.urls"
+WSGI_APPLICATION = "replyguy.wsgi.application"
+ASGI_APPLICATION = "replyguy.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------
+# Default: an SQLite file. IMMEDIATE transactions take the write lock at BEGIN, so two
+# workers queue on the busy timeout instead of failing with "database is locked" when
+# a read transaction tries to upgrade; WAL lets readers run beside the writer.
+SQLITE_PATH = VAR_DIR / "db.sqlite3"
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{SQLITE_PATH}")
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL,
+        conn_max_age=env_int("CONN_MAX_AGE", 60, minimum=0),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": env_int("SQLITE_BUSY_TIMEOUT_SECONDS", 20, minimum=1),
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache: always shared between processes ----------------------------------------
+# Alert cooldowns and django-q2 cluster stats must be seen by every process, so there
+# is no per-process memory cache: Redis when configured, else a database table.
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "replyguy_cache",
+        }
+    }
+
+# --- django-q2 --------------------------------------------------------------------
+# A task that runs longer than `retry` would be handed out twice, so `timeout` stays
+# well below it. Tasks find their work in the database, so a redelivery is harmless,
+# but a hung one should still be killed long before it is duplicated.
+Q_BROKER = env_choice("Q_BROKER", "orm", ["orm", "redis"])
+if Q_BROKER == "redis" and not REDIS_URL:
+    raise ImproperlyConfigured("Q_BROKER=redis needs REDIS_URL")
+Q_CLUSTER = {
+    "name": "replyguy",
+    "workers": env_int("Q_WORKERS", 2, minimum=1),
+    "timeout": env_int("Q_TIMEOUT_SECONDS", 300, minimum=10),
+    "retry": env_int("Q_RETRY_SECONDS", 900, minimum=20),
+    "max_attempts": 3,
+    "catch_up": False,
+    "ack_failures": True,
+    "save_limit": 500,
+    "cache": "default",
+    "poll": 1,
+    "label": "Task queue",
+}
+if Q_CLUSTER["timeout"] * 2 > Q_CLUSTER["retry"]:
+    raise ImproperlyConfigured("Q_RETRY_SECONDS must be at least twice Q_TIMEOUT_SECONDS")
+if Q_BROKER == "redis":
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- Resilience ---------------------------------------------------------------------
+# Where breaker state lives: "database" (default) or "redis". The `database` breaker
+# never keeps its state in the database it guards.
+BREAKER_STORE = env_choice(
+    "BREAKER_STORE", "redis" if REDIS_URL else "database", ["database", "redis"]
+)
+if BREAKER_STORE == "redis" and not REDIS_URL:
+    raise ImproperlyConfigured("BREAKER_STORE=redis needs REDIS_URL")
+RESILIENCE = {
+    "STORE": BREAKER_STORE,
+    "REDIS_URL": REDIS_URL,
+    # How stale a process's view of a breaker may be on the success path, in seconds.
+    "SNAPSHOT_TTL": env_float("BREAKER_SNAPSHOT_TTL_SECONDS", 1.0, minimum=0),
+    "BREAKERS": {
+        "twitter_api": {
+            "failure_threshold": 5,
+            "recovery_timeout": 120,
+            "half_open_max_calls": 3,
+            "failure_on": "resilience.errors.is_service_failure",
+        },
+        "ai_service": {
+            "failure_threshold": 3,
+            "recovery_timeout": 60,
+            "half_open_max_calls": 2,
+            "failure_on": "resilience.errors.is_service_failure",
+        },
+        "database": {
+            "failure_threshold": 3,
+            "recovery_timeout": 30,
+            "half_open_max_calls": 2,
+            "failure_on": "resilience.db.is_connection_failure",
+            # Never in the database it guards: the cache's Redis when there is one.
+            "store": "redis" if REDIS_URL else "memory",
+        },
+        "telegram": {
+            "failure_threshold": 5,
+            "recovery_timeout": 60,
+            "half_open_max_calls": 1,
+            "failure_on": "resilience.errors.is_service_failure",
+        },
+    },
+}
+
+# --- Outside services (used by bot/clients) ---------------------------------------------
+X_API_BASE_URL = env_str("X_API_BASE_URL", "https://api.twitter.com")
+X_API_KEY = env_str("X_API_KEY")
+X_API_SECRET = env_str("X_API_SECRET")
+X_ACCESS_TOKEN = env_str("X_ACCESS_TOKEN")
+X_ACCESS_TOKEN_SECRET = env_str("X_ACCESS_TOKEN_SECRET")
+X_BEARER_TOKEN = env_str("X_BEARER_TOKEN")
+
+OPENAI_BASE_URL = env_str("OPENAI_BASE_URL", "https://api.openai.com/v1")
+OPENAI_API_KEY = env_str("OPENAI_API_KEY")
+AI_MODEL = env_str("AI_MODEL", "gpt-4o-mini")
+
+TELEGRAM_BOT_TOKEN = env_str("TELEGRAM_BOT_TOKEN")
+TELEGRAM_CHAT_ID = env_str("TELEGRAM_CHAT_ID")
+TELEGRAM_API_BASE_URL = env_str("TELEGRAM_API_BASE_URL", "https://api.telegram.org")
+TELEGRAM_WEBHOOK_SECRET = env_str("TELEGRAM_WEBHOOK_SECRET")
+
+# --- Pipeline pacing --------------------------------------------------------------------
+REPLY_MODE = env_choice("REPLY_MODE", "auto", ["auto", "api", "handoff"])
+MIN_DELAY_MINUTES = env_int("MIN_DELAY_MINUTES", 5, minimum=0)
+MAX_DELAY_MINUTES = env_int("MAX_DELAY_MINUTES", 30, minimum=0)
+if MAX_DELAY_MINUTES < MIN_DELAY_MINUTES:
+    raise ImproperlyConfigured("MAX_DELAY_MINUTES must be at least MIN_DELAY_MINUTES")
+QUIET_HOURS_START = env_int("QUIET_HOURS_START", 23, minimum=0, maximum=23)
+QUIET_HOURS_END = env_int("QUIET_HOURS_END", 7, minimum=0, maximum=23)
+MAX_POSTS_PER_HOUR = env_int("MAX_POSTS_PER_HOUR", 4, minimum=0)
+MAX_POSTS_PER_DAY = env_int("MAX_POSTS_PER_DAY", 20, minimum=0)
+
+# --- Internationalisation ---------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- Static files (admin), served by WhiteNoise --------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+if DEBUG:
+    STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+
+# --- Production safety -----------------------------------------------------------------------
+# PaaS routers terminate TLS and forward the scheme; health probes and metrics come
+# over plain HTTP from inside the platform, so they are exempt from the redirect.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = not DEBUG
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}

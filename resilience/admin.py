@@ -1,0 +1,67 @@
+"""Circuit breakers in the admin: every configured breaker with its state and controls.
+
+The page lists breakers from the registry rather than table rows, because state may
+live in Redis or process memory as well as the database. Actions call the breaker's
+own controls; nothing here changes state by itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+
+from resilience.breaker import CircuitBreaker
+from resilience.models import BreakerRecord
+from resilience.registry import all_breakers, get_breaker
+
+ACTIONS = {
+    "reset": ("Reset", CircuitBreaker.reset),
+    "force_open": ("Force open", CircuitBreaker.force_open),
+    "force_closed": ("Force closed", CircuitBreaker.force_closed),
+    "disable": ("Disable", CircuitBreaker.disable),
+}
+
+
+@admin.register(BreakerRecord)
+class BreakerAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            return self._act(request)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Circuit breakers",
+            "opts": self.model._meta,
+            "breakers": [breaker.get_status() for breaker in all_breakers()],
+            "actions": [(key, label) for key, (label, _) in ACTIONS.items()],
+            "can_change": self.has_change_permission(request),
+        }
+        return TemplateResponse(request, "admin/resilience/breakers.html", context)
+
+    def _act(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        action, name = request.POST.get("action", ""), request.POST.get("breaker", "")
+        if action not in ACTIONS:
+            messages.error(request, f"Unknown action {action!r}.")
+        else:
+            try:
+                breaker = get_breaker(name)
+            except KeyError as exc:
+                messages.error(request, str(exc.args[0]))
+            else:
+                label, control = ACTIONS[action]
+                control(breaker)
+                messages.success(request, f"{label}: {name} is now {breaker.state}.")
+        return HttpResponseRedirect(request.path)

@@ -1,0 +1,88 @@
+"""Errors shared by the resilience layer and the clients that use it.
+
+A ``ServiceError`` says whose business a failure is, which is what decides what
+happens next: a breaker counts ``transient`` failures (the service is unwell), while
+``permanent`` ones belong to the item being processed and ``ambiguous`` ones must be
+reconciled before anything is retried.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+
+__all__ = ["CircuitOpenError", "ErrorKind", "RetryLater", "ServiceError", "is_service_failure"]
+
+
+class ErrorKind(enum.StrEnum):
+    TRANSIENT = "transient"  # service-level: refused, timed out before send, 5xx, 429, 401
+    PERMANENT = "permanent"  # item-level: 400, 404, 403 refused
+    AMBIGUOUS = "ambiguous"  # the request went out and no answer came back
+    NOT_PERMITTED = "not_permitted"  # the service refuses this action by policy
+
+
+class ServiceError(Exception):
+    """An outside service failed; ``kind`` says whose business it is.
+
+    ``retry_at`` (Unix seconds) is set when the service said when to come back, for
+    example a rate-limit reset; a breaker that counts this error stays open until then.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: ErrorKind,
+        service: str = "",
+        status: int | None = None,
+        retry_at: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = ErrorKind(kind)
+        self.service = service
+        self.status = status
+        self.retry_at = retry_at
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until ``retry_at``, never negative; None when the service gave no time."""
+        if self.retry_at is None:
+            return None
+        return max(0.0, self.retry_at - time.time())
+
+    def __str__(self) -> str:
+        where = f"{self.service} " if self.service else ""
+        status = f" (HTTP {self.status})" if self.status else ""
+        return f"{where}{self.kind.value}{status}: {self.args[0]}"
+
+
+def is_service_failure(exc: BaseException) -> bool:
+    """The breaker rule for outside services: only service-level failures count."""
+    return isinstance(exc, ServiceError) and exc.kind is ErrorKind.TRANSIENT
+
+
+class CircuitOpenError(Exception):
+    """A call was refused because its breaker is open.
+
+    ``retry_after`` is the number of seconds until the breaker may admit a call again,
+    or None when an operator holds it open.
+    """
+
+    def __init__(self, name: str, state: str, retry_after: float | None) -> None:
+        self.name = name
+        self.state = state
+        self.retry_after = retry_after
+        when = "until an operator closes it" if retry_after is None else f"for {retry_after:.0f} s"
+        super().__init__(f"circuit {name!r} is {state}: calls refused {when}")
+
+
+class RetryLater(Exception):
+    """Waiting for this would take too long inside a worker: come back at ``retry_at``.
+
+    Raised by ``with_backoff`` when the service asked for a wait longer than the
+    retry's ``max_delay`` or its deadline; the original error is the ``__cause__``.
+    """
+
+    def __init__(self, retry_at: float, cause: BaseException) -> None:
+        self.retry_at = retry_at
+        super().__init__(f"retry after {max(0.0, retry_at - time.time()):.0f} s: {cause}")

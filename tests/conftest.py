@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from django.conf import settings
+
+from resilience import registry
+from resilience.retry import set_testing
+
+# Markers naming services a run must not skip, e.g. REPLYGUY_REQUIRE=postgres,redis in CI.
+REQUIRED = {name.strip() for name in os.environ.get("REPLYGUY_REQUIRE", "").split(",") if name}
+_skipped_required: list[str] = []
+
+
+def on_postgres() -> bool:
+    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    skip = pytest.mark.skip(reason="needs PostgreSQL (set DATABASE_URL)")
+    for item in items:
+        if "redis_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)
+        if item.get_closest_marker("postgres") and not on_postgres():
+            item.add_marker(skip)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and any(name in report.keywords for name in REQUIRED):
+        _skipped_required.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    wanted = list(_skipped_required)
+    if wanted:
+        print(f"\nFAILED: {len(wanted)} required test(s) were skipped ({', '.join(REQUIRED)}):")
+        for nodeid in wanted:
+            print(f"  {nodeid}")
+        session.exitstatus = 1
+
+
+class FakeClock:
+    """Wall-clock stand-in: tests move time by hand instead of sleeping."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers() -> Iterator[None]:
+    registry.clear()
+    yield
+    registry.clear()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _retry_never_sleeps() -> Iterator[None]:
+    set_testing(True)
+    yield
+    set_testing(False)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A reachable Redis for tests that need one; skipped (or failed in CI) without."""
+    import redis
+
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"needs Redis at {url}: {exc}")
+    return url
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
