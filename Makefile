@@ -1,0 +1,43 @@
+# Reply Guy: `make run` starts the service, `make test` runs lint and the whole suite.
+# Both bootstrap .venv from requirements-dev.txt on first use (Python 3.11+ and make only).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+# Local mode: DEBUG on, SQLite file in var/, the web server and one django-q2 cluster.
+# Variables in .env (if present) override the defaults.
+run: $(STAMP)
+	@set -e; if [ -f .env ]; then set -a; . ./.env; set +a; fi; \
+	export DEBUG=$${DEBUG:-true}; \
+	$(BIN)/python manage.py migrate --no-input; \
+	$(BIN)/python manage.py local_admin; \
+	echo "Reply Guy: admin at http://$(HOST):$(PORT)/admin/ (Ctrl-C stops the web server and the worker)"; \
+	trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/python manage.py qcluster & \
+	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT)
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.breaker_overhead
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
