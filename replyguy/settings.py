@@ -6,6 +6,7 @@ process at start (see ``replyguy.env``).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -225,14 +226,16 @@ USE_I18N = True
 USE_TZ = True
 
 # --- Static files (admin), served by WhiteNoise --------------------------------------------
+# WhiteNoise serves the admin's files straight from the installed apps, so a deploy
+# works whether or not the platform runs collectstatic (if it does, STATIC_ROOT is used).
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+WHITENOISE_USE_FINDERS = True
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
-if DEBUG:
-    STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+warnings.filterwarnings("ignore", message="No directory at", category=UserWarning)
 
 # --- Production safety -----------------------------------------------------------------------
 # PaaS routers terminate TLS and forward the scheme; health probes and metrics come

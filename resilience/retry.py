@@ -112,7 +112,6 @@ def with_backoff(
 
             return async_wrapper  # type: ignore[return-value]
 
-        @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             return tenacity.Retrying(sleep=_sleep, **options)(fn, *args, **kwargs)
 

@@ -9,7 +9,6 @@ Two breakers share one store, as two processes would, and the clock is ours.
 
 from __future__ import annotations
 
-
 import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
