@@ -105,13 +105,13 @@ def with_backoff(
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         if inspect.iscoroutinefunction(fn):
 
-            @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 retrying = tenacity.AsyncRetrying(sleep=_async_sleep, **options)
                 return await retrying(fn, *args, **kwargs)
 
             return async_wrapper  # type: ignore[return-value]
 
+        @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             return tenacity.Retrying(sleep=_sleep, **options)(fn, *args, **kwargs)
 

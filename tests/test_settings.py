@@ -86,7 +86,8 @@ def test_sqlite_file_takes_concurrent_writers_without_locking_errors(tmp_path):
     writer = (
         "from resilience.stores import DatabaseStore\n"
         "from resilience import state\n"
-        "policy = state.Policy(failure_threshold=10**6, recovery_timeout=60, half_open_max_calls=1)\n"
+        "policy = state.Policy(failure_threshold=10**6, recovery_timeout=60,"
+        " half_open_max_calls=1)\n"
         "store = DatabaseStore()\n"
         "for i in range(50):\n"
         "    store.update('shared', lambda s: state.record_failure(s, policy, 0.0))\n"
