@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -110,3 +111,12 @@ def test_sqlite_file_takes_concurrent_writers_without_locking_errors(tmp_path):
     )
     result = manage("shell", "-c", count, env=env)
     assert result.stdout.strip().splitlines()[-1] == "200"
+
+
+def test_env_example_lists_every_variable_the_settings_read():
+    source = (ROOT / "replyguy" / "settings.py").read_text()
+    read = set(re.findall(r'env_(?:str|bool|int|float|choice|list)\(\s*"([A-Z_0-9]+)"', source))
+    listed = set(re.findall(r"^([A-Z_0-9]+)=", (ROOT / ".env.example").read_text(), re.M))
+    assert read, "no variables found: the pattern is stale"
+    assert read - listed == set(), "read by settings but missing from .env.example"
+    assert listed - read == set(), "listed in .env.example but never read"
