@@ -88,7 +88,9 @@ def with_backoff(
     def give_up(state: tenacity.RetryCallState) -> Any:
         exc = state.outcome.exception()
         hint = _retry_after(exc)
-        too_long = hint is not None and (
+        # Only a real wait the service asked for becomes RetryLater; a reset that has
+        # already passed (hint 0) leaves the original error to the caller.
+        too_long = bool(hint) and (
             hint > max_delay or (state.seconds_since_start or 0) + hint > deadline
         )
         if too_long:
@@ -105,6 +107,7 @@ def with_backoff(
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         if inspect.iscoroutinefunction(fn):
 
+            @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 retrying = tenacity.AsyncRetrying(sleep=_async_sleep, **options)
                 return await retrying(fn, *args, **kwargs)
