@@ -515,3 +515,12 @@ def test_zero_retries_is_valid_and_means_one_call(timeline):
     with pytest.raises(Down):
         with_backoff(0, retry_on=Down)(service)()
     assert service.calls == 1
+
+
+def test_a_reset_already_passed_when_the_deadline_is_spent_returns_the_error(run, timeline):
+    service = Service(lambda n: RateLimited(0), takes=11, clock=timeline.clock)
+
+    with pytest.raises(RateLimited) as raised:
+        run(with_backoff(3, base_delay=0, deadline=10, retry_on=RateLimited), service)
+    assert raised.value is service.raised[-1]
+    assert service.calls == 1
