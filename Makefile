@@ -25,8 +25,8 @@ run: $(STAMP)
 	$(BIN)/python manage.py migrate --no-input; \
 	$(BIN)/python manage.py local_admin; \
 	echo "Reply Guy: admin at http://$(HOST):$(PORT)/admin/ (Ctrl-C stops the web server and the worker)"; \
-	trap 'kill 0' INT TERM EXIT; \
-	$(BIN)/python manage.py qcluster & \
+	$(BIN)/python manage.py qcluster & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker; exit' EXIT INT TERM; \
 	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT)
 
 test: $(STAMP) lint
