@@ -257,4 +257,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # These libraries log request URLs and headers, which carry the Telegram bot token
+    # and X bearer token; they stay quiet whatever LOG_LEVEL says.
+    "loggers": {
+        name: {"level": "WARNING"}
+        for name in ("httpx", "httpcore", "tweepy", "requests_oauthlib", "oauthlib", "openai")
+    },
 }
