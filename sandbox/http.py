@@ -11,6 +11,7 @@ faults) so a demo or another process can drive it over HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -75,8 +76,12 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None,
-                  content_type: str = "application/json") -> Response:
+def json_response(
+    data: Any,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
+) -> Response:
     return Response(
         status=status,
         body=json.dumps(data).encode(),
@@ -132,7 +137,7 @@ class App:
         return None
 
     def control(self, request: Request) -> Response:
-        """``/_sandbox/state`` (GET), ``/_sandbox/reset``, ``/_sandbox/seed``, ``/_sandbox/faults``."""
+        """GET ``/_sandbox/state``; POST ``reset``, ``seed``, ``faults``; DELETE ``faults``."""
         action = request.path.removeprefix("/_sandbox/").strip("/")
         with self.lock:
             if action == "state" and request.method == "GET":
@@ -174,7 +179,10 @@ class Server:
 
     def start(self) -> Server:
         self._thread = threading.Thread(
-            target=self.httpd.serve_forever, name=f"sandbox-{self.app.name}", daemon=True
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"sandbox-{self.app.name}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -242,7 +250,9 @@ def _make_handler(app: App, stopping: threading.Event) -> type[BaseHTTPRequestHa
                 body = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
                 self._send(Response(fault.status, body, {"Content-Type": "text/html"}))
             elif fault.kind == "truncated":
-                self._send(Response(200, b'{"data": {"id": "12', {"Content-Type": "application/json"}))
+                self._send(
+                    Response(200, b'{"data": {"id": "12', {"Content-Type": "application/json"})
+                )
             elif fault.kind == "cut_before":
                 self._cut()
             else:
@@ -259,12 +269,10 @@ def _make_handler(app: App, stopping: threading.Event) -> type[BaseHTTPRequestHa
         def _cut(self) -> None:
             """Drop the connection without a word, as a dying proxy would."""
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
-        do_GET = do_POST = do_PUT = do_DELETE = _serve  # noqa: N815
+        do_GET = do_POST = do_PUT = do_DELETE = _serve
 
     return Handler
 
