@@ -69,11 +69,18 @@ class CircuitOpenError(Exception):
     """
 
     def __init__(self, name: str, state: str, retry_after: float | None) -> None:
+        # Refusals are the hot path of an open breaker: the message is built only if shown.
+        super().__init__(name, state, retry_after)
         self.name = name
         self.state = state
         self.retry_after = retry_after
-        when = "until an operator closes it" if retry_after is None else f"for {retry_after:.0f} s"
-        super().__init__(f"circuit {name!r} is {state}: calls refused {when}")
+
+    def __str__(self) -> str:
+        if self.retry_after is None:
+            when = "until an operator closes it"
+        else:
+            when = f"for {self.retry_after:.0f} s"
+        return f"circuit {self.name!r} is {self.state}: calls refused {when}"
 
 
 class RetryLater(Exception):
