@@ -218,6 +218,20 @@ QUIET_HOURS_START = env_int("QUIET_HOURS_START", 23, minimum=0, maximum=23)
 QUIET_HOURS_END = env_int("QUIET_HOURS_END", 7, minimum=0, maximum=23)
 MAX_POSTS_PER_HOUR = env_int("MAX_POSTS_PER_HOUR", 4, minimum=0)
 MAX_POSTS_PER_DAY = env_int("MAX_POSTS_PER_DAY", 20, minimum=0)
+MIN_SPACING_MINUTES = env_int("MIN_SPACING_MINUTES", 3, minimum=0)
+MAX_REPLIES_PER_AUTHOR_PER_DAY = env_int("MAX_REPLIES_PER_AUTHOR_PER_DAY", 1, minimum=1)
+PUBLISHING_PAUSED = env_bool("PUBLISHING_PAUSED", False)
+
+# --- Discovery and drafting ---------------------------------------------------------------
+PERSONA = env_str(
+    "PERSONA",
+    "You are a friendly, knowledgeable person replying on X. Be brief, specific and kind; "
+    "no hashtags, no emojis unless the post uses them, never salesy.",
+)
+TOPIC_KEYWORDS = env_list("TOPIC_KEYWORDS")
+RELEVANCE_THRESHOLD = env_float("RELEVANCE_THRESHOLD", 0.0, minimum=0, maximum=1)
+MAX_POST_AGE_HOURS = env_int("MAX_POST_AGE_HOURS", 24, minimum=1)
+DRAFT_VARIANTS = env_int("DRAFT_VARIANTS", 1, minimum=1, maximum=5)
 
 # --- Internationalisation ---------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

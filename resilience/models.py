@@ -22,3 +22,21 @@ class BreakerRecord(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class AlertEvent(models.Model):
+    """Something the owner must hear about. Recorded first, delivered by the notifier."""
+
+    kind = models.CharField(max_length=64)
+    subject = models.CharField(max_length=200)
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "resilience_alert"
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["delivered_at", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.subject}"

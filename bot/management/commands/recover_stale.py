@@ -1,0 +1,68 @@
+"""After a crash: settle replies whose worker died mid-publish, and report what waits."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from bot.models import FailedTweet, QueuedTweet, Status
+from bot.services import publishing
+from bot.tasks import configured_x
+
+
+class Command(BaseCommand):
+    help = (
+        "Mark replies stuck in 'publishing' (lease expired, or claimed longer ago than "
+        "--timeout-minutes) as 'unknown', then reconcile them against our timeline on X."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--timeout-minutes",
+            type=int,
+            default=None,
+            help="Also treat rows claimed more than N minutes ago as stale (default: lease only).",
+        )
+        parser.add_argument("--dry-run", action="store_true", help="Report, change nothing.")
+        parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        now = timezone.now()
+        minutes = options["timeout_minutes"]
+        if minutes is not None and minutes < 1:
+            self.stderr.write("--timeout-minutes must be at least 1")
+            raise SystemExit(2)
+        older_than = timedelta(minutes=minutes) if minutes else None
+        stale = Q(lease_until__lt=now)
+        if older_than:
+            stale |= Q(claimed_at__lt=now - older_than)
+        report: dict[str, Any] = {
+            "dry_run": options["dry_run"],
+            "stale": list(
+                QueuedTweet.objects.filter(stale, status=Status.PUBLISHING).values_list(
+                    "id", flat=True
+                )
+            ),
+        }
+        if not options["dry_run"]:
+            report["marked_unknown"] = publishing.recover_stale(now=now, older_than=older_than)
+            x = configured_x("recover_stale")
+            report["reconciled"] = publishing.reconcile(x, now=now) if x else {}
+        report["dead_letters"] = dict(
+            FailedTweet.objects.values_list("status")
+            .annotate(n=Count("id"))
+            .values_list("status", "n")
+        )
+        if options["json"]:
+            self.stdout.write(json.dumps(report))
+            return
+        self.stdout.write(f"stale publishing rows: {len(report['stale'])}")
+        if not options["dry_run"]:
+            self.stdout.write(f"marked unknown: {len(report['marked_unknown'])}")
+            self.stdout.write(f"reconciled: {report['reconciled']}")
+        self.stdout.write(f"dead-letter queue: {report['dead_letters'] or 'empty'}")

@@ -1,0 +1,255 @@
+"""The reply pipeline's data: what we watch, what we found, what we decided, what failed.
+
+Rows move between statuses only through the services in ``bot.services``, each a
+conditional update on the expected current status, so two workers can never both
+move one row. The database itself refuses a publishable row without an approval.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class TargetAccount(models.Model):
+    """An X account whose posts we consider answering."""
+
+    username = models.CharField(max_length=15, unique=True, help_text="Without the @.")
+    x_user_id = models.CharField(max_length=32, blank=True, help_text="Resolved on first use.")
+    enabled = models.BooleanField(default=True)
+    persona = models.TextField(blank=True, help_text="Overrides the global persona if set.")
+    replies_per_author_per_day = models.PositiveSmallIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["username"]
+
+    def __str__(self) -> str:
+        return f"@{self.username}"
+
+    def clean(self) -> None:
+        self.username = self.username.strip().lstrip("@").lower()
+
+
+class SearchQuery(models.Model):
+    """An X recent-search query whose results we consider answering."""
+
+    query = models.CharField(max_length=512, unique=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "search queries"
+
+    def __str__(self) -> str:
+        return self.query
+
+
+class OptedOutAuthor(models.Model):
+    """Authors we never answer (they asked, or the owner muted them)."""
+
+    username = models.CharField(max_length=15, unique=True)
+    reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"@{self.username}"
+
+    def clean(self) -> None:
+        self.username = self.username.strip().lstrip("@").lower()
+
+
+class Cursor(models.Model):
+    """How far a source has been read (X's ``since_id``, exclusive)."""
+
+    source = models.CharField(max_length=80, unique=True)
+    since_id = models.CharField(max_length=32, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.source} > {self.since_id or '-'}"
+
+
+class Source(models.TextChoices):
+    TARGET = "target", "Target account"
+    MENTION = "mention", "Mention"
+    SEARCH = "search", "Search"
+
+
+class Status(models.TextChoices):
+    NEW = "new", "New"
+    PENDING = "pending", "Waiting for approval"
+    APPROVED = "approved", "Approved"
+    PUBLISHING = "publishing", "Publishing"
+    POSTED = "posted", "Posted"
+    REJECTED = "rejected", "Rejected"
+    EXPIRED = "expired", "Expired"
+    SKIPPED = "skipped", "Skipped"
+    FAILED = "failed", "Failed"
+    UNKNOWN = "unknown", "Outcome unknown"
+    HANDOFF = "handoff", "Handed off"
+
+
+# Statuses that mean a human approved the text; the database refuses them without it.
+APPROVED_STATUSES = [
+    Status.APPROVED,
+    Status.PUBLISHING,
+    Status.POSTED,
+    Status.UNKNOWN,
+    Status.HANDOFF,
+]
+
+
+class Channel(models.TextChoices):
+    ADMIN = "admin", "Django admin"
+    TELEGRAM = "telegram", "Telegram"
+    SYSTEM = "system", "Reply Guy"
+
+
+class QueuedTweet(models.Model):
+    """A post found on X and everything we did about it."""
+
+    target_tweet_id = models.CharField(max_length=32, unique=True)
+    author_id = models.CharField(max_length=32)
+    author_username = models.CharField(max_length=15)
+    text = models.TextField()
+    tweet_created_at = models.DateTimeField()
+    source = models.CharField(max_length=10, choices=Source.choices)
+    summoned = models.BooleanField(
+        default=False, help_text="The author mentioned or quoted us: X allows an API reply."
+    )
+    relevance = models.FloatField(null=True, blank=True)
+
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.NEW)
+    skip_reason = models.CharField(max_length=200, blank=True)
+    draft = models.TextField(blank=True)
+    variants = models.JSONField(default=list, blank=True)
+    draft_attempts = models.PositiveSmallIntegerField(default=0)
+
+    approved_at = models.DateTimeField(null=True, blank=True)
+    approved_by = models.CharField(max_length=150, blank=True)
+    approved_via = models.CharField(max_length=10, choices=Channel.choices, blank=True)
+
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+    publish_request_id = models.UUIDField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    reply_tweet_id = models.CharField(max_length=32, blank=True)
+    posted_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_kind = models.CharField(max_length=16, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "tweet_queue"
+        verbose_name = "queued tweet"
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["status", "scheduled_at"]),
+            models.Index(fields=["status", "next_attempt_at"]),
+            models.Index(fields=["status", "lease_until"]),
+            models.Index(fields=["status", "claimed_at"]),
+            models.Index(fields=["author_id", "claimed_at"]),
+        ]
+        constraints = [
+            # Invariant 1, held by the database: nothing publishable without an approval.
+            models.CheckConstraint(
+                condition=~Q(status__in=APPROVED_STATUSES) | Q(approved_at__isnull=False),
+                name="tweet_queue_approved_has_approval",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.target_tweet_id} by @{self.author_username} ({self.status})"
+
+    @property
+    def url(self) -> str:
+        return f"https://x.com/{self.author_username}/status/{self.target_tweet_id}"
+
+
+class FailedTweetStatus(models.TextChoices):
+    PENDING = "pending", "Waiting for a retry"
+    RETRYING = "retrying", "Retrying"
+    EXHAUSTED = "exhausted", "Retries exhausted"
+    RESOLVED = "resolved", "Resolved"
+    DISCARDED = "discarded", "Discarded"
+
+
+class FailedTweet(models.Model):
+    """The dead-letter queue: one row per queued tweet that failed at some stage."""
+
+    queued_tweet = models.OneToOneField(
+        QueuedTweet, on_delete=models.CASCADE, related_name="failure"
+    )
+    target_tweet_id = models.CharField(max_length=32)
+    stage = models.CharField(max_length=16)
+    error = models.TextField()
+    error_kind = models.CharField(max_length=16)
+    retry_count = models.PositiveSmallIntegerField(default=0)
+    max_retries = models.PositiveSmallIntegerField(default=5)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    last_retry_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(
+        max_length=10, choices=FailedTweetStatus.choices, default=FailedTweetStatus.PENDING
+    )
+    discard_reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "failed_tweets"
+        verbose_name = "failed tweet"
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "next_retry_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.target_tweet_id} at {self.stage} ({self.status})"
+
+
+class Decision(models.Model):
+    """The audit trail: every decision about a queued tweet, by whom, where, with what text."""
+
+    class Action(models.TextChoices):
+        APPROVE = "approve", "Approved"
+        EDIT = "edit", "Edited and approved"
+        REGENERATE = "regenerate", "Asked for a new draft"
+        REJECT = "reject", "Rejected"
+        DISCARD = "discard", "Discarded a failure"
+        RETRY = "retry", "Retried a failure"
+        MARK_POSTED = "mark_posted", "Marked posted"
+
+    queued_tweet = models.ForeignKey(
+        QueuedTweet, on_delete=models.CASCADE, related_name="decisions"
+    )
+    action = models.CharField(max_length=12, choices=Action.choices)
+    actor = models.CharField(max_length=150)
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    text_before = models.TextField(blank=True)
+    text_after = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} by {self.actor} via {self.channel}"
+
+
+class PipelineControl(models.Model):
+    """Operator switches that must take effect at once in every worker (one row)."""
+
+    publishing_paused = models.BooleanField(
+        default=False, help_text="Stop publishing now; approvals and drafts continue."
+    )
+    paused_reason = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "pipeline control"
+
+    def __str__(self) -> str:
+        return "Publishing paused" if self.publishing_paused else "Publishing running"

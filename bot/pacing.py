@@ -1,0 +1,110 @@
+"""When a reply may go out: random delay, quiet hours, spacing and caps. Pure functions.
+
+The publish stage asks ``earliest_allowed`` with the publish times it counted in the
+database (under a lock, so every worker sees the same counts); ``schedule`` picks the
+first time for a newly approved reply.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+
+__all__ = ["Pacing", "earliest_allowed", "in_quiet_hours", "quiet_hours_end"]
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Pacing:
+    min_delay: timedelta
+    max_delay: timedelta
+    quiet_start: int  # local hour, inclusive
+    quiet_end: int  # local hour, exclusive; equal to start means no quiet hours
+    tz: ZoneInfo
+    per_hour: int
+    per_day: int
+    spacing: timedelta
+
+    @classmethod
+    def from_settings(cls) -> Pacing:
+        return cls(
+            min_delay=timedelta(minutes=settings.MIN_DELAY_MINUTES),
+            max_delay=timedelta(minutes=settings.MAX_DELAY_MINUTES),
+            quiet_start=settings.QUIET_HOURS_START,
+            quiet_end=settings.QUIET_HOURS_END,
+            tz=ZoneInfo(settings.TIME_ZONE),
+            per_hour=settings.MAX_POSTS_PER_HOUR,
+            per_day=settings.MAX_POSTS_PER_DAY,
+            spacing=timedelta(minutes=settings.MIN_SPACING_MINUTES),
+        )
+
+    def random_delay(self, rng: random.Random | None = None) -> timedelta:
+        low, high = self.min_delay.total_seconds(), self.max_delay.total_seconds()
+        return timedelta(seconds=(rng or random).uniform(low, high))
+
+
+def in_quiet_hours(when: datetime, pacing: Pacing) -> bool:
+    if pacing.quiet_start == pacing.quiet_end:
+        return False
+    hour = when.astimezone(pacing.tz).hour
+    if pacing.quiet_start < pacing.quiet_end:
+        return pacing.quiet_start <= hour < pacing.quiet_end
+    return hour >= pacing.quiet_start or hour < pacing.quiet_end  # the span crosses midnight
+
+
+def quiet_hours_end(when: datetime, pacing: Pacing) -> datetime:
+    """The first moment at or after ``when`` that is outside quiet hours."""
+    if not in_quiet_hours(when, pacing):
+        return when
+    local = when.astimezone(pacing.tz)
+    end = datetime.combine(local.date(), time(pacing.quiet_end), tzinfo=pacing.tz)
+    if end <= local:
+        end = datetime.combine(local.date() + DAY, time(pacing.quiet_end), tzinfo=pacing.tz)
+    # A DST jump can land the wall-clock hour elsewhere; normalise through UTC.
+    return end.astimezone(when.tzinfo)
+
+
+def earliest_allowed(
+    when: datetime,
+    pacing: Pacing,
+    published: list[datetime],
+    author_published: list[datetime] = (),  # type: ignore[assignment]
+    author_cap: int = 1,
+) -> datetime:
+    """The first time at or after ``when`` that keeps every rule, given past publish times.
+
+    ``published`` are the claim times of every reply in the last day (all workers);
+    ``author_published`` those to this post's author. A cap of 0 means no publishing.
+    """
+    if pacing.per_hour == 0 or pacing.per_day == 0:
+        raise ValueError("a cap of 0 allows no publishing")
+    times = sorted(published)
+    mine = sorted(author_published)
+    candidate = when
+    for _ in range(1000):  # each step moves forward; the bound is a guard, never reached
+        moved = quiet_hours_end(candidate, pacing)
+        for earlier in times:
+            if abs(moved - earlier) < pacing.spacing:
+                moved = max(moved, earlier + pacing.spacing)
+        moved = _after_cap(moved, times, HOUR, pacing.per_hour)
+        moved = _after_cap(moved, times, DAY, pacing.per_day)
+        moved = _after_cap(moved, mine, DAY, author_cap)
+        if moved == candidate:
+            return candidate
+        candidate = moved
+    raise RuntimeError("pacing did not settle")  # pragma: no cover
+
+
+def _after_cap(when: datetime, times: list[datetime], window: timedelta, cap: int) -> datetime:
+    """Move ``when`` until fewer than ``cap`` of ``times`` fall in the window ending there."""
+    inside = [t for t in times if when - window < t <= when]
+    if len(inside) < cap:
+        return when
+    # The window must drop the oldest (len - cap + 1) entries.
+    return inside[len(inside) - cap] + window

@@ -1,0 +1,101 @@
+"""Draft replies for new posts, and let stale ones expire."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.utils import timezone
+
+from bot.clients.errors import ClientError, ErrorKind
+from bot.models import QueuedTweet, Status, TargetAccount
+from bot.services.queue import dead_letter, dead_letter_resolve, transition
+from resilience import CircuitOpenError
+
+if TYPE_CHECKING:
+    from bot.clients.llm import LLMClient
+
+log = logging.getLogger(__name__)
+
+# The model gets this many tries at a valid reply (each with the last problem as
+# feedback) before the post goes to the dead-letter queue.
+MAX_DRAFT_ATTEMPTS = 3
+
+
+def draft_new(llm: LLMClient, *, now: datetime | None = None, limit: int = 20) -> dict[str, int]:
+    """One pass of the draft stage over posts waiting for a draft."""
+    now = now or timezone.now()
+    counts = {"drafted": 0, "retry": 0, "failed": 0, "waiting": 0}
+    for tweet in QueuedTweet.objects.filter(status=Status.NEW).order_by("created_at")[:limit]:
+        outcome = reply_draft(tweet, llm, now=now)
+        counts[outcome] += 1
+        if outcome == "waiting":
+            break  # the model is unavailable: the rest wait too, nothing fails
+    return counts
+
+
+def reply_draft(tweet: QueuedTweet, llm: LLMClient, *, now: datetime | None = None) -> str:
+    now = now or timezone.now()
+    persona = _persona(tweet)
+    feedback = tweet.last_error if tweet.last_error_kind == ErrorKind.PERMANENT else None
+    try:
+        variants = llm.draft_replies(
+            post_text=tweet.text,
+            author=tweet.author_username,
+            persona=persona,
+            variants=settings.DRAFT_VARIANTS,
+            feedback=feedback,
+        )
+    except CircuitOpenError as exc:
+        log.info("draft: model unavailable (%s); posts wait", exc)
+        return "waiting"
+    except ClientError as exc:
+        if exc.kind is ErrorKind.TRANSIENT:
+            log.info("draft: model unavailable (%s); posts wait", exc)
+            return "waiting"
+        return _invalid_output(tweet, exc, now)
+    moved = transition(
+        tweet.id,
+        expected=Status.NEW,
+        to=Status.PENDING,
+        draft=variants[0],
+        variants=variants,
+        draft_attempts=tweet.draft_attempts + 1,
+        last_error="",
+        last_error_kind="",
+    )
+    if moved:
+        dead_letter_resolve(tweet)
+    return "drafted"
+
+
+def expire_stale(*, now: datetime | None = None) -> int:
+    """Posts too old to answer while waiting for a decision are let go."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(hours=settings.MAX_POST_AGE_HOURS)
+    return QueuedTweet.objects.filter(
+        status__in=[Status.NEW, Status.PENDING], tweet_created_at__lt=cutoff
+    ).update(status=Status.EXPIRED, skip_reason="too old to answer", updated_at=now)
+
+
+def _invalid_output(tweet: QueuedTweet, exc: ClientError, now: datetime) -> str:
+    attempts = tweet.draft_attempts + 1
+    fields = {"draft_attempts": attempts, "last_error": str(exc), "last_error_kind": exc.kind}
+    if attempts < MAX_DRAFT_ATTEMPTS:
+        transition(tweet.id, expected=Status.NEW, to=Status.NEW, **fields)
+        return "retry"
+    if transition(tweet.id, expected=Status.NEW, to=Status.FAILED, **fields):
+        dead_letter(tweet, stage="draft", error=str(exc), kind=exc.kind, now=now)
+    return "failed"
+
+
+def _persona(tweet: QueuedTweet) -> str:
+    override = (
+        TargetAccount.objects.filter(x_user_id=tweet.author_id)
+        .exclude(persona="")
+        .values_list("persona", flat=True)
+        .first()
+    )
+    return override or settings.PERSONA

@@ -1,0 +1,390 @@
+"""Schedule, publish exactly once, hand off, recover and reconcile.
+
+Publishing follows one rule: record the intent before calling X, and never call X
+again for a row whose outcome is unknown until our own timeline has been checked.
+X has no idempotency key, so a reply that may exist is looked for, not re-sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from bot.clients.errors import ClientError, ErrorKind
+from bot.models import (
+    Channel,
+    Decision,
+    PipelineControl,
+    QueuedTweet,
+    Status,
+    TargetAccount,
+)
+from bot.pacing import Pacing, earliest_allowed
+from bot.services.queue import dead_letter, dead_letter_resolve, transition
+from resilience import CircuitOpenError
+
+if TYPE_CHECKING:
+    from bot.clients.x import XClient
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=5)
+MAX_PUBLISH_ATTEMPTS = 3
+# X's timeline can trail a write by a moment; an unknown outcome younger than this is
+# not judged yet.
+RECONCILE_AFTER = timedelta(minutes=1)
+PUBLISHED = [Status.PUBLISHING, Status.POSTED, Status.UNKNOWN]
+
+
+def handoff_link(tweet: QueuedTweet) -> str:
+    """X's web intent: opens the composer as a reply with the approved text filled in."""
+    query = urlencode({"in_reply_to": tweet.target_tweet_id, "text": tweet.draft})
+    return f"https://x.com/intent/post?{query}"
+
+
+def api_reply_allowed(tweet: QueuedTweet) -> bool:
+    """X's 2026 rule under REPLY_MODE: the API may answer only authors who summoned us."""
+    mode = settings.REPLY_MODE
+    return mode == "api" or (mode == "auto" and tweet.summoned)
+
+
+def publishing_paused() -> bool:
+    if settings.PUBLISHING_PAUSED:
+        return True
+    return PipelineControl.objects.filter(pk=1, publishing_paused=True).exists()
+
+
+# --- schedule -------------------------------------------------------------------------
+
+
+def reply_schedule(tweet: QueuedTweet, *, now: datetime | None = None) -> datetime | None:
+    """Give an approved reply its time: a random delay, then every pacing rule."""
+    now = now or timezone.now()
+    pacing = Pacing.from_settings()
+    planned = list(
+        QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=False)
+        .exclude(id=tweet.id)
+        .values_list("scheduled_at", flat=True)
+    )
+    when = earliest_allowed(now + pacing.random_delay(), pacing, planned + _published_since(now))
+    moved = QueuedTweet.objects.filter(
+        id=tweet.id, status=Status.APPROVED, scheduled_at__isnull=True
+    ).update(scheduled_at=when, updated_at=now)
+    return when if moved else None
+
+
+def schedule_approved(*, now: datetime | None = None) -> int:
+    """Schedule approved replies that have no time yet (an approval cut short by a crash)."""
+    rows = QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=True)
+    return sum(1 for tweet in rows if reply_schedule(tweet, now=now))
+
+
+# --- publish --------------------------------------------------------------------------
+
+
+def publish_due(x: XClient, *, now: datetime | None = None, limit: int = 20) -> dict[str, int]:
+    """One pass of the publish stage: hand off what the API may not send, then publish."""
+    now = now or timezone.now()
+    counts = {"handed_off": hand_off_due(now=now), "published": 0, "claimed": 0}
+    for _ in range(limit):
+        tweet = claim_next(now=now)
+        if tweet is None:
+            break
+        counts["claimed"] += 1
+        if reply_publish(tweet, x, now=now) == Status.POSTED:
+            counts["published"] += 1
+    return counts
+
+
+def hand_off_due(*, now: datetime) -> int:
+    """Due replies the API may not send go to the owner as a prefilled link."""
+    if publishing_paused():
+        return 0
+    due = _due(now)
+    if settings.REPLY_MODE == "auto":
+        due = due.filter(summoned=False)
+    elif settings.REPLY_MODE == "api":
+        return 0
+    return due.update(status=Status.HANDOFF, updated_at=now)
+
+
+def claim_next(*, now: datetime) -> QueuedTweet | None:
+    """Claim the next due reply for this worker, keeping every cap across all workers.
+
+    Claims are serialised on the pipeline-control row (PostgreSQL row lock; SQLite's
+    IMMEDIATE transactions serialise writers anyway), so the caps counted here cannot
+    be passed by two workers at once. A reply that may not go yet is rescheduled.
+    """
+    pacing = Pacing.from_settings()
+    with transaction.atomic():
+        control, _ = PipelineControl.objects.select_for_update().get_or_create(pk=1)
+        if control.publishing_paused or settings.PUBLISHING_PAUSED:
+            return None
+        candidates = _due(now).order_by("scheduled_at", "id")
+        if settings.REPLY_MODE == "auto":
+            candidates = candidates.filter(summoned=True)
+        if connection.features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True)
+        published = _published_since(now)
+        for tweet in candidates[:20]:
+            allowed = earliest_allowed(
+                max(now, tweet.scheduled_at or now),
+                pacing,
+                published,
+                _published_since(now, author_id=tweet.author_id),
+                _author_cap(tweet),
+            )
+            if allowed > now:
+                # A full cap or quiet hours move the reply, never fail it.
+                QueuedTweet.objects.filter(id=tweet.id, status=Status.APPROVED).update(
+                    scheduled_at=allowed, updated_at=now
+                )
+                continue
+            claimed = transition(
+                tweet.id,
+                expected=Status.APPROVED,
+                to=Status.PUBLISHING,
+                claimed_at=now,
+                lease_until=now + LEASE,
+                publish_request_id=uuid.uuid4(),
+            )
+            if claimed:
+                tweet.refresh_from_db()
+                return tweet
+    return None
+
+
+def reply_publish(tweet: QueuedTweet, x: XClient, *, now: datetime | None = None) -> Status:
+    """Send a claimed reply to X and record what happened. Returns the new status."""
+    now = now or timezone.now()
+    try:
+        reply_id = x.create_reply(in_reply_to=tweet.target_tweet_id, text=tweet.draft)
+    except CircuitOpenError as exc:
+        return _wait_for_service(tweet, now, exc.retry_after, str(exc))
+    except ClientError as exc:
+        if exc.kind is ErrorKind.TRANSIENT:
+            return _wait_for_service(tweet, now, exc.retry_after, str(exc))
+        if exc.kind is ErrorKind.NOT_PERMITTED:
+            _from_publishing(tweet, Status.HANDOFF, exc)
+            return Status.HANDOFF
+        if exc.kind is ErrorKind.AMBIGUOUS:
+            _from_publishing(tweet, Status.UNKNOWN, exc)
+            return Status.UNKNOWN
+        return _item_failure(tweet, now, exc)
+    _mark_posted(tweet, reply_id, now)
+    return Status.POSTED
+
+
+def _wait_for_service(
+    tweet: QueuedTweet, now: datetime, retry_after: float | None, error: str
+) -> Status:
+    """X is unwell: the reply waits, keeping its attempts."""
+    wait = timedelta(seconds=retry_after if retry_after else 60)
+    transition(
+        tweet.id,
+        expected=Status.PUBLISHING,
+        to=Status.APPROVED,
+        next_attempt_at=now + wait,
+        lease_until=None,
+        publish_request_id=None,
+        claimed_at=None,
+        last_error=error,
+        last_error_kind=ErrorKind.TRANSIENT,
+    )
+    return Status.APPROVED
+
+
+def _item_failure(tweet: QueuedTweet, now: datetime, exc: ClientError) -> Status:
+    attempts = tweet.attempts + 1
+    target_gone = exc.status == 404 or "deleted" in str(exc).lower()
+    common = {
+        "attempts": attempts,
+        "lease_until": None,
+        "publish_request_id": None,
+        "claimed_at": None,
+        "last_error": str(exc),
+        "last_error_kind": exc.kind,
+    }
+    if target_gone or attempts >= MAX_PUBLISH_ATTEMPTS:
+        if transition(tweet.id, expected=Status.PUBLISHING, to=Status.FAILED, **common):
+            dead_letter(tweet, stage="publish", error=str(exc), kind=exc.kind, now=now)
+        return Status.FAILED
+    transition(
+        tweet.id,
+        expected=Status.PUBLISHING,
+        to=Status.APPROVED,
+        next_attempt_at=now + timedelta(minutes=2**attempts),
+        **common,
+    )
+    return Status.APPROVED
+
+
+def _from_publishing(tweet: QueuedTweet, to: Status, exc: ClientError) -> None:
+    fields: dict[str, object] = {"last_error": str(exc), "last_error_kind": exc.kind}
+    if to is Status.HANDOFF:
+        fields.update(lease_until=None, publish_request_id=None, claimed_at=None)
+    transition(tweet.id, expected=Status.PUBLISHING, to=to, **fields)
+
+
+def _mark_posted(tweet: QueuedTweet, reply_id: str, now: datetime) -> None:
+    # Matched on the request id: if recovery already judged this row unknown, the
+    # answer we now hold still settles it.
+    moved = QueuedTweet.objects.filter(
+        id=tweet.id,
+        publish_request_id=tweet.publish_request_id,
+        status__in=[Status.PUBLISHING, Status.UNKNOWN],
+    ).update(
+        status=Status.POSTED,
+        reply_tweet_id=reply_id,
+        posted_at=now,
+        lease_until=None,
+        last_error="",
+        last_error_kind="",
+        updated_at=now,
+    )
+    if moved:
+        dead_letter_resolve(tweet)
+
+
+# --- recover and reconcile ----------------------------------------------------------------
+
+
+def recover_stale(*, now: datetime | None = None, older_than: timedelta | None = None) -> list[int]:
+    """Publishing rows whose worker is gone (lease expired) become ``unknown``.
+
+    With ``older_than``, rows claimed longer ago than that count as stale too.
+    """
+    now = now or timezone.now()
+    stale = Q(lease_until__lt=now)
+    if older_than is not None:
+        stale |= Q(claimed_at__lt=now - older_than)
+    ids = list(
+        QueuedTweet.objects.filter(stale, status=Status.PUBLISHING).values_list("id", flat=True)
+    )
+    return [
+        tweet_id
+        for tweet_id in ids
+        if transition(
+            tweet_id,
+            expected=Status.PUBLISHING,
+            to=Status.UNKNOWN,
+            last_error="the worker stopped while publishing; checking our timeline",
+            last_error_kind=ErrorKind.AMBIGUOUS,
+        )
+    ]
+
+
+def reconcile(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
+    """Settle unknown outcomes and handoffs against our own recent replies on X."""
+    now = now or timezone.now()
+    unknown = list(
+        QueuedTweet.objects.filter(status=Status.UNKNOWN, claimed_at__lte=now - RECONCILE_AFTER)
+    )
+    handed_off = list(QueuedTweet.objects.filter(status=Status.HANDOFF))
+    counts = {"posted": 0, "requeued": 0, "failed": 0}
+    if not unknown and not handed_off:
+        return counts
+    try:
+        replies = x.our_recent_replies(max_results=100)
+    except (ClientError, CircuitOpenError) as exc:
+        log.warning("reconcile: cannot read our timeline, will try again: %s", exc)
+        return counts
+    found = {post.replied_to_id: post for post in replies if post.replied_to_id}
+    for tweet in handed_off:
+        post = found.get(tweet.target_tweet_id)
+        if post and _settle_posted(tweet, Status.HANDOFF, post.id, now, Channel.SYSTEM):
+            counts["posted"] += 1
+    for tweet in unknown:
+        post = found.get(tweet.target_tweet_id)
+        if post:
+            counts["posted"] += _settle_posted(tweet, Status.UNKNOWN, post.id, now, None)
+        else:
+            counts[_requeue_unknown(tweet, now)] += 1
+    return counts
+
+
+def _settle_posted(
+    tweet: QueuedTweet, expected: Status, reply_id: str, now: datetime, channel: Channel | None
+) -> bool:
+    with transaction.atomic():
+        moved = transition(
+            tweet.id,
+            expected=expected,
+            to=Status.POSTED,
+            reply_tweet_id=reply_id,
+            posted_at=now,
+            lease_until=None,
+            last_error="",
+            last_error_kind="",
+        )
+        if moved and channel is not None:
+            Decision.objects.create(
+                queued_tweet=tweet,
+                action=Decision.Action.MARK_POSTED,
+                actor="reply guy (seen on our timeline)",
+                channel=channel,
+                text_after=tweet.draft,
+            )
+    if moved:
+        dead_letter_resolve(tweet)
+    return moved
+
+
+def _requeue_unknown(tweet: QueuedTweet, now: datetime) -> str:
+    """Not on our timeline: the reply never went out. Try again, a bounded number of times."""
+    attempts = tweet.attempts + 1
+    common = {
+        "attempts": attempts,
+        "lease_until": None,
+        "publish_request_id": None,
+        "claimed_at": None,
+    }
+    if attempts >= MAX_PUBLISH_ATTEMPTS:
+        error = f"no reply found on our timeline after {attempts} uncertain attempts"
+        if transition(tweet.id, expected=Status.UNKNOWN, to=Status.FAILED, **common):
+            dead_letter(tweet, stage="publish", error=error, kind=ErrorKind.AMBIGUOUS, now=now)
+        return "failed"
+    transition(
+        tweet.id,
+        expected=Status.UNKNOWN,
+        to=Status.APPROVED,
+        scheduled_at=now,
+        next_attempt_at=now + timedelta(minutes=2),
+        **common,
+    )
+    return "requeued"
+
+
+# --- selectors ----------------------------------------------------------------------------
+
+
+def _due(now: datetime) -> QuerySet[QueuedTweet]:
+    return QueuedTweet.objects.filter(
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
+        status=Status.APPROVED,
+        scheduled_at__lte=now,
+    )
+
+
+def _published_since(now: datetime, *, author_id: str | None = None) -> list[datetime]:
+    rows = QueuedTweet.objects.filter(status__in=PUBLISHED, claimed_at__gt=now - timedelta(days=1))
+    if author_id is not None:
+        rows = rows.filter(author_id=author_id)
+    return list(rows.values_list("claimed_at", flat=True))
+
+
+def _author_cap(tweet: QueuedTweet) -> int:
+    cap = (
+        TargetAccount.objects.filter(x_user_id=tweet.author_id)
+        .values_list("replies_per_author_per_day", flat=True)
+        .first()
+    )
+    return cap or settings.MAX_REPLIES_PER_AUTHOR_PER_DAY

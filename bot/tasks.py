@@ -1,0 +1,93 @@
+"""django-q2 tasks: triggers, not carriers.
+
+Each task finds its work in the database and calls a service, so a task that is
+lost, redelivered or run twice by two clusters loses or doubles nothing. The
+schedules are created by migration ``bot.0002_schedules``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+from bot.services import discovery, drafting, publishing, queue
+from resilience.db import with_db_recovery
+
+if TYPE_CHECKING:
+    from bot.clients.llm import LLMClient
+    from bot.clients.x import XClient
+
+log = logging.getLogger(__name__)
+
+
+def configured_x(stage: str) -> XClient | None:
+    """The X client, or None (logged) when X is not configured yet."""
+    from bot.clients.x import XClient
+
+    return _configured(XClient.from_settings, stage)
+
+
+def configured_llm(stage: str) -> LLMClient | None:
+    from bot.clients.llm import LLMClient
+
+    return _configured(LLMClient.from_settings, stage)
+
+
+def _configured(build: Callable[[], Any], stage: str) -> Any | None:
+    try:
+        return build()
+    except ImproperlyConfigured as exc:
+        log.warning("%s skipped: %s", stage, exc)
+        return None
+
+
+@with_db_recovery
+def discover() -> dict[str, int]:
+    x = configured_x("discover")
+    return discovery.discover_all(x) if x else {}
+
+
+@with_db_recovery
+def draft() -> dict[str, int]:
+    expired = drafting.expire_stale()
+    llm = configured_llm("draft")
+    counts = drafting.draft_new(llm) if llm else {}
+    return {"expired": expired, **counts}
+
+
+@with_db_recovery
+def schedule() -> dict[str, int]:
+    return {"scheduled": publishing.schedule_approved()}
+
+
+@with_db_recovery
+def publish() -> dict[str, int]:
+    recovered = len(publishing.recover_stale())
+    x = configured_x("publish")
+    counts = publishing.publish_due(x) if x else {}
+    return {"recovered": recovered, **counts}
+
+
+@with_db_recovery
+def reconcile() -> dict[str, int]:
+    x = configured_x("reconcile")
+    return publishing.reconcile(x) if x else {}
+
+
+@with_db_recovery
+def retry_dead_letters() -> dict[str, int]:
+    return {"retried": queue.dead_letter_retry_due()}
+
+
+# The order of one full pass (`manage.py run_pipeline --once`).
+STAGES: list[tuple[str, Callable[[], dict[str, int]]]] = [
+    ("discover", discover),
+    ("draft", draft),
+    ("schedule", schedule),
+    ("retry_dead_letters", retry_dead_letters),
+    ("publish", publish),
+    ("reconcile", reconcile),
+]
