@@ -275,6 +275,15 @@ LOGGING = {
     # and X bearer token; they stay quiet whatever LOG_LEVEL says.
     "loggers": {
         name: {"level": "WARNING"}
-        for name in ("httpx", "httpcore", "tweepy", "requests_oauthlib", "oauthlib", "openai")
+        for name in (
+            "httpx",
+            "httpcore",
+            "httpx2",
+            "httpcore2",
+            "tweepy",
+            "requests_oauthlib",
+            "oauthlib",
+            "openai",
+        )
     },
 }
