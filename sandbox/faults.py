@@ -13,7 +13,9 @@ all) and what goes wrong there:
 - ``truncated``: a 200 whose JSON body is cut off;
 - ``cut_before``: drop the connection before doing anything;
 - ``cut_after``: do the work (the post exists), then drop the connection before
-  answering: the ambiguous case.
+  answering: the ambiguous case;
+- ``delay_after``: do the work, then wait ``latency`` seconds before answering, so a
+  client (or a worker killed meanwhile) never learns that it worked.
 
 ``rate`` (0..1) applies the fault to that share of requests, drawn from a random
 generator seeded per ``Faults``, so a run with the same seed and the same request
@@ -29,7 +31,16 @@ from typing import Any
 
 __all__ = ["KINDS", "Fault", "Faults"]
 
-KINDS = ("error", "latency", "hang", "html", "truncated", "cut_before", "cut_after")
+KINDS = (
+    "error",
+    "latency",
+    "hang",
+    "html",
+    "truncated",
+    "cut_before",
+    "cut_after",
+    "delay_after",
+)
 
 
 @dataclass

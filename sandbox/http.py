@@ -236,11 +236,13 @@ def _make_handler(app: App, stopping: threading.Event) -> type[BaseHTTPRequestHa
             if fault is not None and fault.kind == "latency":
                 time.sleep(fault.latency)
                 fault = None
-            if fault is not None and fault.kind != "cut_after":
+            if fault is not None and fault.kind not in ("cut_after", "delay_after"):
                 self._inject(fault, app)
                 return
             response = handler(request, **params)
-            if fault is not None:  # cut_after: the work is done, the answer never arrives
+            if fault is not None and fault.kind == "delay_after":
+                stopping.wait(fault.latency)
+            elif fault is not None:  # cut_after: the work is done, the answer never arrives
                 self._cut()
                 return
             self._send(response)

@@ -117,3 +117,11 @@ def test_rate_faults_are_deterministic_under_a_seed():
 def test_unknown_fault_kind_is_refused():
     with pytest.raises(ValueError, match="unknown fault kind"):
         Faults().add("x", "explode")
+
+
+def test_delay_after_does_the_work_then_keeps_the_client_waiting(echo):
+    app, url = echo
+    app.faults.add("create_item", "delay_after", latency=5, times=1)
+    with pytest.raises(requests.ReadTimeout):
+        requests.post(f"{url}/items", json={"text": "done, unheard"}, timeout=0.3)
+    assert app.created == ["done, unheard"]

@@ -27,7 +27,7 @@ MAX_DRAFT_ATTEMPTS = 3
 def draft_new(llm: LLMClient, *, now: datetime | None = None, limit: int = 20) -> dict[str, int]:
     """One pass of the draft stage over posts waiting for a draft."""
     now = now or timezone.now()
-    counts = {"drafted": 0, "retry": 0, "failed": 0, "waiting": 0}
+    counts = {"drafted": 0, "skipped": 0, "retry": 0, "failed": 0, "waiting": 0}
     for tweet in QueuedTweet.objects.filter(status=Status.NEW).order_by("created_at")[:limit]:
         outcome = reply_draft(tweet, llm, now=now)
         counts[outcome] += 1
@@ -41,6 +41,17 @@ def reply_draft(tweet: QueuedTweet, llm: LLMClient, *, now: datetime | None = No
     persona = _persona(tweet)
     feedback = tweet.last_error if tweet.last_error_kind == ErrorKind.PERMANENT else None
     try:
+        if _needs_relevance(tweet):
+            score = llm.relevance(post_text=tweet.text, topics=settings.TOPIC_KEYWORDS)
+            QueuedTweet.objects.filter(id=tweet.id).update(relevance=score)
+            if score < settings.RELEVANCE_THRESHOLD:
+                transition(
+                    tweet.id,
+                    expected=Status.NEW,
+                    to=Status.SKIPPED,
+                    skip_reason=f"relevance {score:.2f} below {settings.RELEVANCE_THRESHOLD}",
+                )
+                return "skipped"
         variants = llm.draft_replies(
             post_text=tweet.text,
             author=tweet.author_username,
@@ -89,6 +100,11 @@ def _invalid_output(tweet: QueuedTweet, exc: ClientError, now: datetime) -> str:
     if transition(tweet.id, expected=Status.NEW, to=Status.FAILED, **fields):
         dead_letter(tweet, stage="draft", error=str(exc), kind=exc.kind, now=now)
     return "failed"
+
+
+def _needs_relevance(tweet: QueuedTweet) -> bool:
+    # Authors who summoned us get an answer whatever the score.
+    return settings.RELEVANCE_THRESHOLD > 0 and tweet.relevance is None and not tweet.summoned
 
 
 def _persona(tweet: QueuedTweet) -> str:
