@@ -286,6 +286,7 @@ LOGGING = {
             "requests_oauthlib",
             "oauthlib",
             "openai",
+            "telegram",
         )
     },
 }
