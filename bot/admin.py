@@ -148,9 +148,6 @@ class QueuedTweetAdmin(admin.ModelAdmin):
         except review.ReviewError as exc:
             messages.error(request, str(exc))
 
-    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        """Decisions are written by the services only."""
-
     def log_change(self, request: HttpRequest, obj: Any, message: Any) -> None:
         """The audit trail is the Decision table, written by the services."""
 

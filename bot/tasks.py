@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from django.core.exceptions import ImproperlyConfigured
+from django.conf import settings
 
 from bot.services import discovery, drafting, publishing, queue
 from resilience.db import with_db_recovery
@@ -24,24 +24,25 @@ log = logging.getLogger(__name__)
 
 
 def configured_x(stage: str) -> XClient | None:
-    """The X client, or None (logged) when X is not configured yet."""
+    """The X client, or None (logged) when X's credentials are not set yet."""
     from bot.clients.x import XClient
 
-    return _configured(XClient.from_settings, stage)
+    needed = ["X_API_KEY", "X_API_SECRET", "X_ACCESS_TOKEN", "X_ACCESS_TOKEN_SECRET"]
+    return _configured(XClient.from_settings, needed, stage)
 
 
 def configured_llm(stage: str) -> LLMClient | None:
     from bot.clients.llm import LLMClient
 
-    return _configured(LLMClient.from_settings, stage)
+    return _configured(LLMClient.from_settings, ["OPENAI_API_KEY"], stage)
 
 
-def _configured(build: Callable[[], Any], stage: str) -> Any | None:
-    try:
-        return build()
-    except ImproperlyConfigured as exc:
-        log.warning("%s skipped: %s", stage, exc)
+def _configured(build: Callable[[], Any], needed: list[str], stage: str) -> Any | None:
+    missing = [name for name in needed if not getattr(settings, name)]
+    if missing:
+        log.warning("%s skipped: set %s", stage, ", ".join(missing))
         return None
+    return build()
 
 
 @with_db_recovery
@@ -84,10 +85,10 @@ def retry_dead_letters() -> dict[str, int]:
 
 # The order of one full pass (`manage.py run_pipeline --once`).
 STAGES: list[tuple[str, Callable[[], dict[str, int]]]] = [
+    ("retry_dead_letters", retry_dead_letters),
     ("discover", discover),
     ("draft", draft),
     ("schedule", schedule),
-    ("retry_dead_letters", retry_dead_letters),
     ("publish", publish),
     ("reconcile", reconcile),
 ]

@@ -90,3 +90,22 @@ def redis_url() -> str:
 @pytest.fixture
 def unique_name() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def sandbox_servers():
+    """The three stand-ins, started once per test process on free loopback ports."""
+    from sandbox.harness import Sandbox
+
+    with Sandbox() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def sandbox(sandbox_servers, settings):
+    """Fresh stand-ins, with Reply Guy's settings pointing at them."""
+    sandbox_servers.reset()
+    for name, value in sandbox_servers.env().items():
+        setattr(settings, name, value)
+    yield sandbox_servers
+    sandbox_servers.reset()

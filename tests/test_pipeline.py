@@ -1,0 +1,299 @@
+"""The whole pipeline against the stand-ins over real HTTP: discover, draft, approve,
+schedule, publish exactly once, and every failure kind at every stage."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.core.management import call_command
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from bot.models import (
+    Channel,
+    Decision,
+    FailedTweet,
+    PipelineControl,
+    QueuedTweet,
+    SearchQuery,
+    Status,
+    TargetAccount,
+)
+from bot.services.review import reply_approve
+from resilience import get_breaker
+from resilience.models import AlertEvent
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def pipeline(sandbox, settings):
+    """Publishing as soon as approved: no delay, no quiet hours, roomy caps."""
+    settings.MIN_DELAY_MINUTES = 0
+    settings.MAX_DELAY_MINUTES = 0
+    settings.QUIET_HOURS_START = settings.QUIET_HOURS_END = 0
+    settings.MAX_POSTS_PER_HOUR = 100
+    settings.MAX_POSTS_PER_DAY = 1000
+    settings.MIN_SPACING_MINUTES = 0
+    settings.MAX_REPLIES_PER_AUTHOR_PER_DAY = 5
+    settings.REPLY_MODE = "auto"
+    settings.PUBLISHING_PAUSED = False
+    TargetAccount.objects.create(username="alice")
+    return sandbox
+
+
+def run_pipeline() -> dict[str, dict[str, int]]:
+    out = io.StringIO()
+    call_command("run_pipeline", "--once", "--json", stdout=out)
+    return json.loads(out.getvalue())
+
+
+def summon(
+    sandbox, text: str = "how do you test retries without sleeping?", author: str = "alice"
+) -> str:
+    """An author mentions us: X lets us answer through the API."""
+    return sandbox.x.publish(author, f"@replyguy {text}")
+
+
+def discovered(post_id: str) -> QueuedTweet:
+    return QueuedTweet.objects.get(target_tweet_id=post_id)
+
+
+def approved(post_id: str, text: str | None = None) -> QueuedTweet:
+    tweet = discovered(post_id)
+    assert tweet.status == Status.PENDING, tweet.last_error
+    return reply_approve(tweet, actor="owner", channel=Channel.TELEGRAM, text=text)
+
+
+def test_end_to_end_published_exactly_once_as_a_reply_to_the_right_post(pipeline, admin_client):
+    post_id = summon(pipeline)
+    run_pipeline()
+    tweet = discovered(post_id)
+    assert tweet.status == Status.PENDING
+    assert tweet.summoned
+    assert tweet.draft
+
+    page = admin_client.get(f"/admin/bot/queuedtweet/{tweet.id}/change/")
+    assert page.status_code == 200
+    edited = "Inject a clock and a sleep function; assert on the waits, never sleep."
+    response = admin_client.post(
+        f"/admin/bot/queuedtweet/{tweet.id}/change/",
+        # What the browser sends: the button, the text, and the (empty) audit inline's form.
+        {
+            "reply_text": edited,
+            "_approve": "Approve",
+            "decisions-TOTAL_FORMS": "0",
+            "decisions-INITIAL_FORMS": "0",
+        },
+        follow=True,
+    )
+    assert "Approved; it is scheduled" in response.content.decode()
+    tweet.refresh_from_db()
+    assert (tweet.status, tweet.draft, tweet.approved_via) == (Status.APPROVED, edited, "admin")
+
+    run_pipeline()
+    tweet.refresh_from_db()
+    assert tweet.status == Status.POSTED
+    replies = pipeline.x.replies_to(post_id)
+    assert [(r.id, r.text) for r in replies] == [(tweet.reply_tweet_id, f"{edited}")]
+
+    run_pipeline()
+    run_pipeline()
+    assert len(pipeline.x.replies_to(post_id)) == 1
+    decision = Decision.objects.get(queued_tweet=tweet)
+    assert (decision.action, decision.actor, decision.channel) == ("edit", "admin", "admin")
+    assert decision.text_after == edited
+
+
+def test_x_down_for_the_whole_run_dead_letters_nothing_then_publishes_everything(pipeline):
+    posts = [summon(pipeline, "any tips?", author) for author in ("bob", "carol", "dave")]
+    run_pipeline()
+    for post_id in posts:
+        approved(post_id)
+    pipeline.x.faults.add("*", "error", status=503)
+
+    for _ in range(8):
+        run_pipeline()
+    assert FailedTweet.objects.count() == 0
+    waiting = QueuedTweet.objects.filter(target_tweet_id__in=posts)
+    assert {(t.status, t.attempts) for t in waiting} == {(Status.APPROVED, 0)}
+    assert get_breaker("twitter_api").state == "open"
+
+    pipeline.x.faults.clear()
+    with time_machine.travel(timezone.now() + timedelta(minutes=10)):
+        run_pipeline()
+    assert {t.status for t in waiting.all()} == {Status.POSTED}
+    assert [len(pipeline.x.replies_to(post_id)) for post_id in posts] == [1, 1, 1]
+
+
+def test_ambiguous_create_is_reconciled_never_posted_twice(pipeline):
+    post_id = summon(pipeline)
+    run_pipeline()
+    approved(post_id)
+    pipeline.x.faults.add("create_tweet", "cut_after", times=1)
+
+    run_pipeline()
+    tweet = discovered(post_id)
+    assert tweet.status == Status.UNKNOWN
+    assert len(pipeline.x.replies_to(post_id)) == 1  # it did go out
+
+    run_pipeline()  # too early to judge: nothing is re-sent
+    assert discovered(post_id).status == Status.UNKNOWN
+    with time_machine.travel(timezone.now() + timedelta(minutes=2)):
+        run_pipeline()
+    tweet.refresh_from_db()
+    assert tweet.status == Status.POSTED
+    assert [r.id for r in pipeline.x.replies_to(post_id)] == [tweet.reply_tweet_id]
+
+
+def test_unknown_outcome_not_on_our_timeline_is_sent_again_once(pipeline):
+    post_id = summon(pipeline)
+    run_pipeline()
+    approved(post_id)
+    pipeline.x.faults.add("create_tweet", "cut_before", times=1)
+    run_pipeline()
+    assert discovered(post_id).status == Status.UNKNOWN
+    assert pipeline.x.replies_to(post_id) == []
+    with time_machine.travel(timezone.now() + timedelta(minutes=2)):
+        run_pipeline()  # reconcile: not there; requeued
+    with time_machine.travel(timezone.now() + timedelta(minutes=5)):
+        run_pipeline()
+    assert discovered(post_id).status == Status.POSTED
+    assert len(pipeline.x.replies_to(post_id)) == 1
+
+
+def test_posts_the_author_did_not_summon_are_handed_off_without_calling_x(pipeline):
+    post_id = pipeline.x.publish("alice", "Django 5.2 composite keys are lovely")
+    run_pipeline()
+    tweet = approved(post_id)
+    run_pipeline()
+    tweet.refresh_from_db()
+    assert tweet.status == Status.HANDOFF
+    assert ("create_tweet", "/2/tweets") not in pipeline.x.requests
+
+    # The owner posts it from the link; the bot sees it on our timeline.
+    pipeline.x.publish("replyguy", tweet.draft, reply_to=post_id)
+    run_pipeline()
+    tweet.refresh_from_db()
+    assert tweet.status == Status.POSTED
+    assert Decision.objects.filter(queued_tweet=tweet, action="mark_posted").exists()
+
+
+def test_reply_refused_by_x_rule_goes_to_handoff(pipeline, settings):
+    settings.REPLY_MODE = "api"
+    post_id = pipeline.x.publish("alice", "a post that does not mention us")
+    run_pipeline()
+    approved(post_id)
+    run_pipeline()
+    tweet = discovered(post_id)
+    assert tweet.status == Status.HANDOFF
+    assert tweet.last_error_kind == "not_permitted"
+    assert pipeline.x.replies_to(post_id) == []
+    assert FailedTweet.objects.count() == 0
+
+
+def test_invalid_model_output_is_rewritten_then_dead_lettered_then_retried(pipeline):
+    pipeline.openai.output_mode = "empty"
+    post_id = summon(pipeline)
+    for _ in range(3):
+        run_pipeline()
+    tweet = discovered(post_id)
+    assert tweet.status == Status.FAILED
+    assert tweet.draft_attempts == 3
+    failure = FailedTweet.objects.get(queued_tweet=tweet)
+    assert (failure.stage, failure.status, failure.error_kind) == ("draft", "pending", "permanent")
+
+    pipeline.openai.output_mode = "normal"
+    with time_machine.travel(timezone.now() + timedelta(minutes=6)):
+        run_pipeline()
+    tweet.refresh_from_db()
+    failure.refresh_from_db()
+    assert tweet.status == Status.PENDING
+    assert tweet.draft
+    assert failure.status == "resolved"
+
+
+def test_model_down_leaves_posts_waiting_not_failed(pipeline):
+    pipeline.openai.faults.add("chat_completions", "error", status=503)
+    post_id = summon(pipeline)
+    for _ in range(5):
+        run_pipeline()
+    tweet = discovered(post_id)
+    assert (tweet.status, tweet.draft_attempts) == (Status.NEW, 0)
+    assert FailedTweet.objects.count() == 0
+
+
+def test_deleted_target_goes_to_the_dead_letter_queue_and_exhausts(pipeline):
+    post_id = summon(pipeline)
+    run_pipeline()
+    approved(post_id)
+    pipeline.x.delete(post_id)
+    run_pipeline()
+    tweet = discovered(post_id)
+    assert tweet.status == Status.FAILED
+    failure = FailedTweet.objects.get(queued_tweet=tweet)
+    assert (failure.stage, failure.error_kind, failure.retry_count) == ("publish", "permanent", 0)
+
+    when = timezone.now()
+    for _ in range(5):
+        when += timedelta(hours=3)  # past every retry's exponential spacing
+        with time_machine.travel(when):
+            run_pipeline()
+            run_pipeline()
+    failure.refresh_from_db()
+    assert (failure.status, failure.retry_count) == ("exhausted", 5)
+    assert AlertEvent.objects.filter(kind="dead_letter_exhausted").count() == 1
+    assert pipeline.x.replies_to(post_id) == []
+
+
+def test_pause_switch_stops_publishing_at_once(pipeline):
+    post_id = summon(pipeline)
+    run_pipeline()
+    approved(post_id)
+    PipelineControl.objects.filter(pk=1).update(publishing_paused=True)
+    run_pipeline()
+    assert discovered(post_id).status == Status.APPROVED
+    assert pipeline.x.replies_to(post_id) == []
+    PipelineControl.objects.filter(pk=1).update(publishing_paused=False)
+    run_pipeline()
+    assert discovered(post_id).status == Status.POSTED
+
+
+def test_invariant_1_the_database_refuses_an_approved_row_without_approval(pipeline):
+    post_id = summon(pipeline)
+    run_pipeline()
+    tweet = discovered(post_id)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        QueuedTweet.objects.filter(id=tweet.id).update(status=Status.APPROVED)
+
+
+def test_invariant_1_pending_drafts_are_never_published(pipeline):
+    post_id = summon(pipeline)
+    for _ in range(3):
+        run_pipeline()
+    assert discovered(post_id).status == Status.PENDING
+    assert pipeline.x.replies_to(post_id) == []
+
+
+def test_discovery_skips_what_it_will_not_answer_and_keeps_the_reason(pipeline, settings):
+    settings.TOPIC_KEYWORDS = ["django"]
+    SearchQuery.objects.create(query="django")
+    ok = pipeline.x.publish("alice", "Django tip: use select_for_update(skip_locked=True)")
+    off_topic = pipeline.x.publish("alice", "what a sunset tonight")
+    repost = pipeline.x.publish("bob", "", retweet_of=ok)
+    old = pipeline.x.publish(
+        "carol", "Django 1.0 is out!", created_at=timezone.now() - timedelta(days=3)
+    )
+    summoned_off_topic = summon(pipeline, "what do you think of sunsets?")
+    run_pipeline()
+    assert discovered(ok).status == Status.PENDING
+    assert discovered(off_topic).skip_reason == "off topic (no keyword)"
+    assert discovered(repost).skip_reason == "a repost"  # found by the search
+    assert discovered(old).skip_reason == "older than 24 hours"
+    assert discovered(summoned_off_topic).status == Status.PENDING
+    run_pipeline()
+    assert QueuedTweet.objects.count() == 5  # nothing fetched and judged twice
