@@ -109,3 +109,21 @@ def sandbox(sandbox_servers, settings):
         setattr(settings, name, value)
     yield sandbox_servers
     sandbox_servers.reset()
+
+
+@pytest.fixture
+def pipeline(sandbox, settings):
+    """Publishing as soon as approved: no delay, no quiet hours, roomy caps."""
+    settings.MIN_DELAY_MINUTES = 0
+    settings.MAX_DELAY_MINUTES = 0
+    settings.QUIET_HOURS_START = settings.QUIET_HOURS_END = 0
+    settings.MAX_POSTS_PER_HOUR = 100
+    settings.MAX_POSTS_PER_DAY = 1000
+    settings.MIN_SPACING_MINUTES = 0
+    settings.MAX_REPLIES_PER_AUTHOR_PER_DAY = 5
+    settings.REPLY_MODE = "auto"
+    settings.PUBLISHING_PAUSED = False
+    from bot.models import TargetAccount
+
+    TargetAccount.objects.create(username="alice")
+    return sandbox

@@ -3,70 +3,26 @@ schedule, publish exactly once, and every failure kind at every stage."""
 
 from __future__ import annotations
 
-import io
-import json
 from datetime import timedelta
 
 import pytest
 import time_machine
-from django.core.management import call_command
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from bot.models import (
-    Channel,
     Decision,
     FailedTweet,
     PipelineControl,
     QueuedTweet,
     SearchQuery,
     Status,
-    TargetAccount,
 )
-from bot.services.review import reply_approve
 from resilience import get_breaker
 from resilience.models import AlertEvent
+from tests.pipeline import approved, discovered, run_pipeline, summon
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def pipeline(sandbox, settings):
-    """Publishing as soon as approved: no delay, no quiet hours, roomy caps."""
-    settings.MIN_DELAY_MINUTES = 0
-    settings.MAX_DELAY_MINUTES = 0
-    settings.QUIET_HOURS_START = settings.QUIET_HOURS_END = 0
-    settings.MAX_POSTS_PER_HOUR = 100
-    settings.MAX_POSTS_PER_DAY = 1000
-    settings.MIN_SPACING_MINUTES = 0
-    settings.MAX_REPLIES_PER_AUTHOR_PER_DAY = 5
-    settings.REPLY_MODE = "auto"
-    settings.PUBLISHING_PAUSED = False
-    TargetAccount.objects.create(username="alice")
-    return sandbox
-
-
-def run_pipeline() -> dict[str, dict[str, int]]:
-    out = io.StringIO()
-    call_command("run_pipeline", "--once", "--json", stdout=out)
-    return json.loads(out.getvalue())
-
-
-def summon(
-    sandbox, text: str = "how do you test retries without sleeping?", author: str = "alice"
-) -> str:
-    """An author mentions us: X lets us answer through the API."""
-    return sandbox.x.publish(author, f"@replyguy {text}")
-
-
-def discovered(post_id: str) -> QueuedTweet:
-    return QueuedTweet.objects.get(target_tweet_id=post_id)
-
-
-def approved(post_id: str, text: str | None = None) -> QueuedTweet:
-    tweet = discovered(post_id)
-    assert tweet.status == Status.PENDING, tweet.last_error
-    return reply_approve(tweet, actor="owner", channel=Channel.TELEGRAM, text=text)
 
 
 def test_end_to_end_published_exactly_once_as_a_reply_to_the_right_post(pipeline, admin_client):

@@ -1,0 +1,34 @@
+"""Driving the pipeline from tests: one pass, a summons, a discovered row, an approval."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from django.core.management import call_command
+
+from bot.models import Channel, QueuedTweet, Status
+from bot.services.review import reply_approve
+
+
+def run_pipeline() -> dict[str, dict[str, int]]:
+    out = io.StringIO()
+    call_command("run_pipeline", "--once", "--json", stdout=out)
+    return json.loads(out.getvalue())
+
+
+def summon(
+    sandbox, text: str = "how do you test retries without sleeping?", author: str = "alice"
+) -> str:
+    """An author mentions us: X lets us answer through the API."""
+    return sandbox.x.publish(author, f"@replyguy {text}")
+
+
+def discovered(post_id: str) -> QueuedTweet:
+    return QueuedTweet.objects.get(target_tweet_id=post_id)
+
+
+def approved(post_id: str, text: str | None = None) -> QueuedTweet:
+    tweet = discovered(post_id)
+    assert tweet.status == Status.PENDING, tweet.last_error
+    return reply_approve(tweet, actor="owner", channel=Channel.TELEGRAM, text=text)
