@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from bot.models import (
+    Channel,
     Decision,
     FailedTweet,
     PipelineControl,
@@ -18,6 +19,7 @@ from bot.models import (
     SearchQuery,
     Status,
 )
+from bot.services.review import reply_approve, reply_reject
 from resilience import get_breaker
 from resilience.models import AlertEvent
 from tests.pipeline import approved, discovered, run_pipeline, summon
@@ -253,3 +255,89 @@ def test_discovery_skips_what_it_will_not_answer_and_keeps_the_reason(pipeline, 
     assert discovered(summoned_off_topic).status == Status.PENDING
     run_pipeline()
     assert QueuedTweet.objects.count() == 5  # nothing fetched and judged twice
+
+
+SETTLED = {Status.POSTED, Status.REJECTED, Status.SKIPPED, Status.EXPIRED, Status.HANDOFF}
+
+
+def assert_nothing_lost() -> None:
+    """Invariant 3: every row is settled, dead-lettered, or visibly on its way."""
+    for tweet in QueuedTweet.objects.all():
+        if tweet.status in SETTLED:
+            continue
+        if tweet.status == Status.FAILED:
+            assert FailedTweet.objects.filter(queued_tweet=tweet).exists(), tweet
+        elif tweet.status == Status.PUBLISHING:
+            assert tweet.lease_until is not None, tweet
+        elif tweet.status == Status.APPROVED:
+            assert tweet.scheduled_at or tweet.next_attempt_at, tweet
+        else:  # new, pending and unknown are picked up by a stage on every pass
+            assert tweet.status in {Status.NEW, Status.PENDING, Status.UNKNOWN}, tweet
+
+
+def test_invariant_3_nothing_is_lost_and_nothing_doubled_under_random_failures(pipeline):
+    authors = [f"chaos{n}" for n in range(12)]
+    posts = [summon(pipeline, f"question {n}?", author) for n, author in enumerate(authors)]
+    posts.append(pipeline.x.publish("alice", "an ordinary post, not a summons"))
+    pipeline.x.faults.add("*", "error", status=503, rate=0.25)
+    pipeline.x.faults.add("create_tweet", "cut_after", rate=0.25)
+    pipeline.openai.faults.add("chat_completions", "error", status=500, rate=0.3)
+
+    when = timezone.now()
+    for step in range(30):
+        with time_machine.travel(when):
+            run_pipeline()
+            for n, tweet in enumerate(QueuedTweet.objects.filter(status=Status.PENDING)):
+                if (n + step) % 7 == 3:
+                    reply_reject(tweet, actor="owner", channel=Channel.TELEGRAM)
+                else:
+                    reply_approve(tweet, actor="owner", channel=Channel.TELEGRAM)
+            assert_nothing_lost()
+        when += timedelta(minutes=3)
+    pipeline.x.faults.clear()
+    pipeline.openai.faults.clear()
+    for _ in range(20):
+        when += timedelta(minutes=10)
+        with time_machine.travel(when):
+            run_pipeline()
+            for tweet in QueuedTweet.objects.filter(status=Status.PENDING):
+                reply_approve(tweet, actor="owner", channel=Channel.TELEGRAM)
+
+    assert_nothing_lost()
+    rows = QueuedTweet.objects.filter(target_tweet_id__in=posts)
+    assert rows.count() == len(posts), "every post was discovered"
+    unsettled = [
+        (r.status, r.last_error) for r in rows if r.status not in SETTLED | {Status.FAILED}
+    ]
+    assert not unsettled, "once the services are back, everything settles"
+    assert all(len(pipeline.x.replies_to(post_id)) <= 1 for post_id in posts)
+    for row in rows.filter(status=Status.POSTED):
+        assert [r.id for r in pipeline.x.replies_to(row.target_tweet_id)] == [row.reply_tweet_id]
+    assert rows.filter(status=Status.POSTED).exists()
+    assert rows.filter(status=Status.HANDOFF).exists()  # the ordinary post
+
+
+def test_duplicate_text_refused_by_x_comes_back_as_a_new_draft_for_approval(pipeline):
+    same = "Great question: a fake clock and a recorded sleep make retries testable."
+    pipeline.openai.scripted_replies = [same, same]
+    first, second = (summon(pipeline, "retries?", author) for author in ("bob", "carol"))
+    run_pipeline()
+    approved(first)
+    approved(second)
+    run_pipeline()
+    assert discovered(first).status == Status.POSTED
+    assert discovered(second).status == Status.UNKNOWN  # X said "duplicate content"
+
+    with time_machine.travel(timezone.now() + timedelta(minutes=2)):
+        run_pipeline()
+    tweet = discovered(second)
+    assert tweet.status == Status.FAILED
+    assert FailedTweet.objects.get(queued_tweet=tweet).stage == "draft"
+
+    with time_machine.travel(timezone.now() + timedelta(minutes=8)):
+        run_pipeline()
+    tweet.refresh_from_db()
+    assert tweet.status == Status.PENDING, "a new draft waits for a new approval"
+    assert tweet.draft != same
+    assert tweet.approved_at is None
+    assert pipeline.x.replies_to(second) == []

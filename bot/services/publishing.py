@@ -347,6 +347,13 @@ def _requeue_unknown(tweet: QueuedTweet, now: datetime) -> str:
         "publish_request_id": None,
         "claimed_at": None,
     }
+    if "duplicate content" in tweet.last_error.lower():
+        # X refused the text as a copy of another of our replies: sending it again can
+        # never work. The draft stage's dead-letter retry writes a new one for approval.
+        error = "X refused the text as a duplicate of another reply of ours; it needs a new draft"
+        if transition(tweet.id, expected=Status.UNKNOWN, to=Status.FAILED, **common):
+            dead_letter(tweet, stage="draft", error=error, kind=ErrorKind.PERMANENT, now=now)
+        return "failed"
     if attempts >= MAX_PUBLISH_ATTEMPTS:
         error = f"no reply found on our timeline after {attempts} uncertain attempts"
         if transition(tweet.id, expected=Status.UNKNOWN, to=Status.FAILED, **common):

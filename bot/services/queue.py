@@ -101,7 +101,18 @@ def dead_letter_retry_due(*, now: datetime | None = None) -> int:
             continue
         tweet = failure.queued_tweet
         if failure.stage == "draft":
-            back = transition(tweet.id, expected=Status.FAILED, to=Status.NEW, draft_attempts=0)
+            # A new draft needs a new approval.
+            back = transition(
+                tweet.id,
+                expected=Status.FAILED,
+                to=Status.NEW,
+                draft_attempts=0,
+                approved_at=None,
+                approved_by="",
+                approved_via="",
+                scheduled_at=None,
+                attempts=0,
+            )
         else:
             back = transition(
                 tweet.id,
