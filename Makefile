@@ -18,15 +18,22 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 # Local mode: DEBUG on, SQLite file in var/, the web server and one django-q2 cluster.
-# Variables in .env (if present) override the defaults.
+# Variables in .env (if present) override the defaults. Without X credentials the
+# local sandbox stands in for X, the model and Telegram, with demo accounts posting.
 run: $(STAMP)
 	@set -e; if [ -f .env ]; then set -a; . ./.env; set +a; fi; \
 	export DEBUG=$${DEBUG:-true}; \
 	$(BIN)/python manage.py migrate --no-input; \
 	$(BIN)/python manage.py local_admin; \
-	echo "Reply Guy: admin at http://$(HOST):$(PORT)/admin/ (Ctrl-C stops the web server and the worker)"; \
-	$(BIN)/python manage.py qcluster & worker=$$!; \
-	trap 'kill $$worker 2>/dev/null; wait $$worker; exit' EXIT INT TERM; \
+	pids=""; \
+	if [ -z "$${X_API_KEY:-}" ]; then \
+	  eval "$$($(BIN)/python manage.py sandbox --env)"; \
+	  $(BIN)/python manage.py sandbox --demo & pids="$$!"; \
+	  echo "No X_API_KEY: X, the model and Telegram are the local sandbox (manage.py sandbox)"; \
+	fi; \
+	$(BIN)/python manage.py qcluster & pids="$$pids $$!"; \
+	trap 'kill $$pids 2>/dev/null; wait; exit' EXIT INT TERM; \
+	echo "Reply Guy: admin at http://$(HOST):$(PORT)/admin/ (Ctrl-C stops everything)"; \
 	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT)
 
 test: $(STAMP) lint

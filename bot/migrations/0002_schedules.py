@@ -4,7 +4,7 @@ from django.db import migrations
 
 # name -> (task, every N minutes)
 SCHEDULES = {
-    "pipeline: discover": ("bot.tasks.discover", 5),
+    "pipeline: discover": ("bot.tasks.discover", 2),
     "pipeline: draft": ("bot.tasks.draft", 1),
     "pipeline: schedule": ("bot.tasks.schedule", 1),
     "pipeline: publish": ("bot.tasks.publish", 1),
