@@ -102,8 +102,12 @@ def earliest_allowed(
 
 
 def _after_cap(when: datetime, times: list[datetime], window: timedelta, cap: int) -> datetime:
-    """Move ``when`` until fewer than ``cap`` of ``times`` fall in the window ending there."""
-    inside = [t for t in times if when - window < t <= when]
+    """Move ``when`` until fewer than ``cap`` of ``times`` fall in the window ending there.
+
+    Times after ``when`` count too: another worker (or machine, with its own clock) may
+    have claimed a moment "later" than this worker's now, and it still fills the window.
+    """
+    inside = [t for t in times if t > when - window]
     if len(inside) < cap:
         return when
     # The window must drop the oldest (len - cap + 1) entries.

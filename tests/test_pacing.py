@@ -98,3 +98,10 @@ def test_random_delay_stays_within_the_configured_range():
     assert min(delays) >= timedelta(minutes=5)
     assert max(delays) <= timedelta(minutes=30)
     assert max(delays) - min(delays) > timedelta(minutes=20)
+
+
+def test_claims_stamped_later_than_now_still_count_against_the_caps():
+    """Another worker's claim can carry a time after this worker's now."""
+    later = [paris(10, 12, 1), paris(10, 12, 2)]
+    allowed = earliest_allowed(paris(10, 12, 0), pacing(per_hour=2, spacing=timedelta(0)), later)
+    assert allowed == paris(10, 13, 1)

@@ -122,5 +122,5 @@ def test_two_workers_racing_publish_each_reply_once_and_keep_the_caps(
         expected_posted = 0 if timezone.now().hour < 23 else len(posts)
     assert len(posted) == expected_posted
     waiting = [row for row in rows if row.status == Status.APPROVED]
-    assert len(waiting) == len(posts) - expected_posted
+    assert len(waiting) == len(posts) - expected_posted, [(r.status, r.last_error) for r in rows]
     assert all(row.scheduled_at > timezone.now() for row in waiting), "rescheduled, not failed"

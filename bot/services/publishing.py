@@ -42,6 +42,8 @@ MAX_PUBLISH_ATTEMPTS = 3
 # not judged yet.
 RECONCILE_AFTER = timedelta(minutes=1)
 PUBLISHED = [Status.PUBLISHING, Status.POSTED, Status.UNKNOWN]
+# A reply that did not go out gives up its claim: it no longer counts against the caps.
+UNCLAIMED = {"lease_until": None, "publish_request_id": None, "claimed_at": None}
 
 
 def handoff_link(tweet: QueuedTweet) -> str:
@@ -128,6 +130,9 @@ def claim_next(*, now: datetime) -> QueuedTweet | None:
         control, _ = PipelineControl.objects.select_for_update().get_or_create(pk=1)
         if control.publishing_paused or settings.PUBLISHING_PAUSED:
             return None
+        # The lock may have been a while coming: judge and stamp the claim by the time
+        # it is granted, not by when this pass started.
+        now = max(now, timezone.now())
         candidates = _due(now).order_by("scheduled_at", "id")
         if settings.REPLY_MODE == "auto":
             candidates = candidates.filter(summoned=True)
@@ -193,11 +198,9 @@ def _wait_for_service(
         expected=Status.PUBLISHING,
         to=Status.APPROVED,
         next_attempt_at=now + wait,
-        lease_until=None,
-        publish_request_id=None,
-        claimed_at=None,
         last_error=error,
         last_error_kind=ErrorKind.TRANSIENT,
+        **UNCLAIMED,
     )
     return Status.APPROVED
 
@@ -207,11 +210,9 @@ def _item_failure(tweet: QueuedTweet, now: datetime, exc: ClientError) -> Status
     target_gone = exc.status == 404 or "deleted" in str(exc).lower()
     common = {
         "attempts": attempts,
-        "lease_until": None,
-        "publish_request_id": None,
-        "claimed_at": None,
         "last_error": str(exc),
         "last_error_kind": exc.kind,
+        **UNCLAIMED,
     }
     if target_gone or attempts >= MAX_PUBLISH_ATTEMPTS:
         if transition(tweet.id, expected=Status.PUBLISHING, to=Status.FAILED, **common):
@@ -230,7 +231,7 @@ def _item_failure(tweet: QueuedTweet, now: datetime, exc: ClientError) -> Status
 def _from_publishing(tweet: QueuedTweet, to: Status, exc: ClientError) -> None:
     fields: dict[str, object] = {"last_error": str(exc), "last_error_kind": exc.kind}
     if to is Status.HANDOFF:
-        fields.update(lease_until=None, publish_request_id=None, claimed_at=None)
+        fields.update(UNCLAIMED)
     transition(tweet.id, expected=Status.PUBLISHING, to=to, **fields)
 
 
@@ -341,12 +342,7 @@ def _settle_posted(
 def _requeue_unknown(tweet: QueuedTweet, now: datetime) -> str:
     """Not on our timeline: the reply never went out. Try again, a bounded number of times."""
     attempts = tweet.attempts + 1
-    common = {
-        "attempts": attempts,
-        "lease_until": None,
-        "publish_request_id": None,
-        "claimed_at": None,
-    }
+    common = {"attempts": attempts, **UNCLAIMED}
     if "duplicate content" in tweet.last_error.lower():
         # X refused the text as a copy of another of our replies: sending it again can
         # never work. The draft stage's dead-letter retry writes a new one for approval.
