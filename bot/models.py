@@ -7,18 +7,31 @@ move one row. The database itself refuses a publishable row without an approval.
 
 from __future__ import annotations
 
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+
+X_USERNAME = RegexValidator(r"^@?\w{1,15}$", "An X username: letters, digits, _; at most 15.")
 
 
 class TargetAccount(models.Model):
     """An X account whose posts we consider answering."""
 
-    username = models.CharField(max_length=15, unique=True, help_text="Without the @.")
+    username = models.CharField(
+        max_length=15,
+        unique=True,
+        validators=[X_USERNAME],
+        help_text="Without the @: letters, digits and underscores, at most 15.",
+    )
     x_user_id = models.CharField(max_length=32, blank=True, help_text="Resolved on first use.")
     enabled = models.BooleanField(default=True)
     persona = models.TextField(blank=True, help_text="Overrides the global persona if set.")
-    replies_per_author_per_day = models.PositiveSmallIntegerField(default=1)
+    replies_per_author_per_day = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Empty: MAX_REPLIES_PER_AUTHOR_PER_DAY.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -48,7 +61,7 @@ class SearchQuery(models.Model):
 class OptedOutAuthor(models.Model):
     """Authors we never answer (they asked, or the owner muted them)."""
 
-    username = models.CharField(max_length=15, unique=True)
+    username = models.CharField(max_length=15, unique=True, validators=[X_USERNAME])
     reason = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -68,6 +81,20 @@ class Cursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source} > {self.since_id or '-'}"
+
+
+class OurReply(models.Model):
+    """A reply of ours seen on our timeline: read once (X bills every read), matched later."""
+
+    reply_id = models.CharField(max_length=32, unique=True)
+    in_reply_to_id = models.CharField(max_length=32, db_index=True)
+    seen_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "our replies"
+
+    def __str__(self) -> str:
+        return f"{self.reply_id} -> {self.in_reply_to_id}"
 
 
 class Source(models.TextChoices):

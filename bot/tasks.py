@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 
 from bot.services import discovery, drafting, publishing, queue
+from bot.services.account import remembered_account
 from resilience.db import with_db_recovery
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ def configured_x(stage: str) -> XClient | None:
     from bot.clients.x import XClient
 
     needed = ["X_API_KEY", "X_API_SECRET", "X_ACCESS_TOKEN", "X_ACCESS_TOKEN_SECRET"]
-    return _configured(XClient.from_settings, needed, stage)
+    return _configured(lambda: XClient.from_settings(me=remembered_account()), needed, stage)
 
 
 def configured_llm(stage: str) -> LLMClient | None:
@@ -67,9 +68,10 @@ def schedule() -> dict[str, int]:
 @with_db_recovery
 def publish() -> dict[str, int]:
     recovered = len(publishing.recover_stale())
+    handed_off = publishing.hand_off_due()  # needs no X credentials
     x = configured_x("publish")
     counts = publishing.publish_due(x) if x else {}
-    return {"recovered": recovered, **counts}
+    return {"recovered": recovered, "handed_off": handed_off, **counts}
 
 
 @with_db_recovery

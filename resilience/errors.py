@@ -57,8 +57,17 @@ class ServiceError(Exception):
 
 
 def is_service_failure(exc: BaseException) -> bool:
-    """The breaker rule for outside services: only service-level failures count."""
-    return isinstance(exc, ServiceError) and exc.kind is ErrorKind.TRANSIENT
+    """The breaker rule for outside services: only service-level failures count.
+
+    An ambiguous failure without a definite answer (a timeout or a cut connection after
+    sending, a 5xx page instead of a reply) says the service is unwell too, whatever
+    became of the request; an ambiguous 4xx (X's duplicate-content 403) does not.
+    """
+    if not isinstance(exc, ServiceError):
+        return False
+    if exc.kind is ErrorKind.AMBIGUOUS:
+        return exc.status is None or exc.status >= 500
+    return exc.kind is ErrorKind.TRANSIENT
 
 
 class CircuitOpenError(Exception):

@@ -342,3 +342,18 @@ def test_status_is_a_plain_dict_for_health_and_admin(breaker, clock):
     assert status["opened_at"].endswith("+00:00")
     assert status["store"] == "memory"
     assert status["store_error"] is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "counts"),
+    [
+        (ErrorKind.TRANSIENT, 503, True),
+        (ErrorKind.AMBIGUOUS, None, True),  # no answer after sending: the service is unwell
+        (ErrorKind.AMBIGUOUS, 502, True),
+        (ErrorKind.AMBIGUOUS, 403, False),  # X's duplicate content: an answer, about the item
+        (ErrorKind.PERMANENT, 400, False),
+        (ErrorKind.NOT_PERMITTED, 403, False),
+    ],
+)
+def test_which_service_errors_count_against_a_breaker(kind, status, counts):
+    assert is_service_failure(ServiceError("x", kind=kind, status=status)) is counts

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import pytest
 import requests
+import time_machine
 from django.core.management import call_command
 from django.utils import timezone
 from django_q.models import Schedule
@@ -94,8 +95,13 @@ def test_recover_stale_dry_run_and_json_report(pipeline):
     out = io.StringIO()
     call_command("recover_stale", "--timeout-minutes", "15", stdout=out)
     assert "marked unknown: 1" in out.getvalue()
-    # Reconciled at once: the reply is not on our timeline, so it is queued again.
-    assert "'requeued': 1" in out.getvalue()
+    # Its lease has a minute to run: a call could still be in flight, so no verdict yet.
+    assert "'requeued': 0" in out.getvalue()
+    assert discovered(post_id).status == Status.UNKNOWN
+    with time_machine.travel(timezone.now() + timedelta(minutes=3)):
+        out = io.StringIO()
+        call_command("recover_stale", stdout=out)
+    assert "'requeued': 1" in out.getvalue(), "not on our timeline: it never went out"
     assert discovered(post_id).status == Status.APPROVED
     assert pipeline.x.replies_to(post_id) == []
 

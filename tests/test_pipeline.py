@@ -18,6 +18,7 @@ from bot.models import (
     QueuedTweet,
     SearchQuery,
     Status,
+    TargetAccount,
 )
 from bot.services.review import reply_approve, reply_reject
 from resilience import get_breaker
@@ -25,6 +26,9 @@ from resilience.models import AlertEvent
 from tests.pipeline import approved, discovered, run_pipeline, summon
 
 pytestmark = pytest.mark.django_db
+
+# Minutes after a claim when its lease (5 min) and X's timeline lag (1 min) have passed.
+LEASE_PASSED = 7
 
 
 def test_end_to_end_published_exactly_once_as_a_reply_to_the_right_post(pipeline, admin_client):
@@ -101,7 +105,7 @@ def test_ambiguous_create_is_reconciled_never_posted_twice(pipeline):
 
     run_pipeline()  # too early to judge: nothing is re-sent
     assert discovered(post_id).status == Status.UNKNOWN
-    with time_machine.travel(timezone.now() + timedelta(minutes=2)):
+    with time_machine.travel(timezone.now() + timedelta(minutes=LEASE_PASSED)):
         run_pipeline()
     tweet.refresh_from_db()
     assert tweet.status == Status.POSTED
@@ -116,9 +120,9 @@ def test_unknown_outcome_not_on_our_timeline_is_sent_again_once(pipeline):
     run_pipeline()
     assert discovered(post_id).status == Status.UNKNOWN
     assert pipeline.x.replies_to(post_id) == []
-    with time_machine.travel(timezone.now() + timedelta(minutes=2)):
-        run_pipeline()  # reconcile: not there; requeued
-    with time_machine.travel(timezone.now() + timedelta(minutes=5)):
+    with time_machine.travel(timezone.now() + timedelta(minutes=LEASE_PASSED)):
+        run_pipeline()  # reconcile: not there; requeued, to go 2 minutes later
+    with time_machine.travel(timezone.now() + timedelta(minutes=LEASE_PASSED + 3)):
         run_pipeline()
     assert discovered(post_id).status == Status.POSTED
     assert len(pipeline.x.replies_to(post_id)) == 1
@@ -296,7 +300,10 @@ def test_invariant_3_nothing_is_lost_and_nothing_doubled_under_random_failures(p
         when += timedelta(minutes=3)
     pipeline.x.faults.clear()
     pipeline.openai.faults.clear()
-    for _ in range(20):
+    done = SETTLED | {Status.FAILED}
+    for _ in range(40):  # bounded: each pass is 10 minutes of a working world
+        if not QueuedTweet.objects.exclude(status__in=done).exists():
+            break
         when += timedelta(minutes=10)
         with time_machine.travel(when):
             run_pipeline()
@@ -306,9 +313,7 @@ def test_invariant_3_nothing_is_lost_and_nothing_doubled_under_random_failures(p
     assert_nothing_lost()
     rows = QueuedTweet.objects.filter(target_tweet_id__in=posts)
     assert rows.count() == len(posts), "every post was discovered"
-    unsettled = [
-        (r.status, r.last_error) for r in rows if r.status not in SETTLED | {Status.FAILED}
-    ]
+    unsettled = [(r.status, r.last_error) for r in rows if r.status not in done]
     assert not unsettled, "once the services are back, everything settles"
     assert all(len(pipeline.x.replies_to(post_id)) <= 1 for post_id in posts)
     for row in rows.filter(status=Status.POSTED):
@@ -328,16 +333,68 @@ def test_duplicate_text_refused_by_x_comes_back_as_a_new_draft_for_approval(pipe
     assert discovered(first).status == Status.POSTED
     assert discovered(second).status == Status.UNKNOWN  # X said "duplicate content"
 
-    with time_machine.travel(timezone.now() + timedelta(minutes=2)):
+    with time_machine.travel(timezone.now() + timedelta(minutes=LEASE_PASSED)):
         run_pipeline()
     tweet = discovered(second)
     assert tweet.status == Status.FAILED
     assert FailedTweet.objects.get(queued_tweet=tweet).stage == "draft"
 
-    with time_machine.travel(timezone.now() + timedelta(minutes=8)):
-        run_pipeline()
+    with time_machine.travel(timezone.now() + timedelta(minutes=LEASE_PASSED + 6)):
+        run_pipeline()  # the dead-letter retry (5 minutes on) sends it back for a draft
     tweet.refresh_from_db()
     assert tweet.status == Status.PENDING, "a new draft waits for a new approval"
     assert tweet.draft != same
     assert tweet.approved_at is None
     assert pipeline.x.replies_to(second) == []
+
+
+def test_x_refusing_only_writes_opens_the_breaker_and_dead_letters_nothing(pipeline):
+    """Reads work, every write dies without an answer: a service outage, not the items'."""
+    posts = [summon(pipeline, "tips?", author) for author in ("bob", "carol", "dave")]
+    run_pipeline()
+    for post_id in posts:
+        approved(post_id)
+    pipeline.x.faults.add("create_tweet", "html", status=502)
+
+    when = timezone.now()
+    for _ in range(12):
+        when += timedelta(minutes=LEASE_PASSED)
+        with time_machine.travel(when):
+            run_pipeline()
+    assert FailedTweet.objects.count() == 0
+    rows = QueuedTweet.objects.filter(target_tweet_id__in=posts)
+    assert Status.FAILED not in {row.status for row in rows}
+    # Each lost write counts against the breaker (successful reads in between reset the
+    # consecutive count, so it need not open); none spends an item's attempts.
+    assert get_breaker("twitter_api").get_status()["total_failures"] >= 3
+    assert {row.attempts for row in rows} == {0}
+
+    pipeline.x.faults.clear()
+    for _ in range(4):
+        when += timedelta(minutes=LEASE_PASSED)
+        with time_machine.travel(when):
+            run_pipeline()
+    assert {row.status for row in rows.all()} == {Status.POSTED}
+    assert [len(pipeline.x.replies_to(post_id)) for post_id in posts] == [1, 1, 1]
+
+
+def test_discovery_reads_every_answerable_post_beyond_one_page(pipeline):
+    posts = [pipeline.x.publish("alice", f"post number {n}") for n in range(150)]
+    run_pipeline()
+    assert QueuedTweet.objects.filter(target_tweet_id__in=posts).count() == 150
+
+
+def test_a_target_that_does_not_exist_is_switched_off_and_reported(pipeline):
+    TargetAccount.objects.create(username="nobody_here")
+    post_id = pipeline.x.publish("alice", "still read")
+    run_pipeline()
+    run_pipeline()
+    assert discovered(post_id).status == Status.PENDING, "the other sources were read"
+    assert not TargetAccount.objects.get(username="nobody_here").enabled
+    assert AlertEvent.objects.filter(kind="target_not_found").count() == 1
+
+
+def test_our_account_is_asked_for_once_not_every_pass(pipeline):
+    for _ in range(3):
+        run_pipeline()
+    assert [name for name, _ in pipeline.x.requests].count("me") == 1

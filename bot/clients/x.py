@@ -138,7 +138,9 @@ class XClient:
         access_token_secret: str,
         timeout: Timeout = (5.0, 30.0),
         breaker: CircuitBreaker | None = None,
+        me: User | None = None,
     ) -> None:
+        """``me``: our account if already known (it costs a paid user read to ask)."""
         self.base_url = base_url.rstrip("/")
         self._breaker = breaker if breaker is not None else get_breaker(BREAKER)
         # App-only (bearer) auth for public reads when we have a bearer token; OAuth 1.0a
@@ -156,10 +158,12 @@ class XClient:
         self._tweepy.session.mount(X_HOST, _BaseUrlAdapter(self.base_url, timeout))
         self._limits: dict[str, RateLimit] = {}
         self._lock = threading.Lock()
-        self._me: User | None = None
+        self._me: User | None = me
 
     @classmethod
-    def from_settings(cls, *, breaker: CircuitBreaker | None = None) -> XClient:
+    def from_settings(
+        cls, *, breaker: CircuitBreaker | None = None, me: User | None = None
+    ) -> XClient:
         return cls(
             base_url=settings.X_API_BASE_URL,
             bearer_token=settings.X_BEARER_TOKEN,
@@ -168,6 +172,7 @@ class XClient:
             access_token=settings.X_ACCESS_TOKEN,
             access_token_secret=settings.X_ACCESS_TOKEN_SECRET,
             breaker=breaker,
+            me=me,
         )
 
     def close(self) -> None:

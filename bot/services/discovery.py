@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from bot.clients.errors import ClientError
+from bot.clients.errors import ClientError, ErrorKind
 from bot.models import (
     Cursor,
     OptedOutAuthor,
@@ -28,14 +28,16 @@ from bot.models import (
     Status,
     TargetAccount,
 )
+from bot.services.account import our_account
 from resilience import CircuitOpenError
+from resilience.alerts import raise_alert
 
 if TYPE_CHECKING:
     from bot.clients.x import Page, Post, User, XClient
 
 log = logging.getLogger(__name__)
 
-MAX_PAGES = 5  # per source and pass; the cursor carries the rest to the next pass
+MAX_PAGES = 50  # per source and pass: a guard, far above a normal pass (1 page)
 
 
 @dataclass(frozen=True)
@@ -50,14 +52,14 @@ def discover_all(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     counts = {"found": 0, "queued": 0, "skipped": 0}
     try:
-        me = x.me()
+        me = our_account(x)
         feeds = _feeds(x, me.id)
     except (ClientError, CircuitOpenError) as exc:
         log.warning("discover: X unavailable, nothing read: %s", exc)
         return counts
     for feed in feeds:
         try:
-            posts, newest = _read(feed)
+            posts, newest = _read(feed, now)
         except (ClientError, CircuitOpenError) as exc:
             log.warning("discover: %s not read, will try again: %s", feed.key, exc)
             if isinstance(exc, CircuitOpenError):
@@ -106,17 +108,37 @@ def _resolve_targets(x: XClient) -> None:
     unresolved = list(TargetAccount.objects.filter(enabled=True, x_user_id=""))
     if not unresolved:
         return
-    users = x.lookup_users([target.username for target in unresolved])
+    try:
+        users = x.lookup_users([target.username for target in unresolved])
+    except ClientError as exc:
+        if exc.kind is ErrorKind.TRANSIENT:
+            raise
+        # An item-level refusal must not stop every other source from being read.
+        log.warning("discover: cannot look up %s: %s", unresolved, exc)
+        return
     for target in unresolved:
         user = users.get(target.username.lower())
         if user is not None:
             TargetAccount.objects.filter(id=target.id).update(x_user_id=user.id)
-        else:
-            log.warning("discover: @%s not found on X", target.username)
+            continue
+        # Asking again every pass would cost a paid read each time: switch it off, say so.
+        TargetAccount.objects.filter(id=target.id).update(enabled=False)
+        raise_alert(
+            kind="target_not_found",
+            subject=f"@{target.username}",
+            message=f"@{target.username} does not exist on X; it is disabled until you fix it.",
+        )
 
 
-def _read(feed: Feed) -> tuple[list[Post], str | None]:
+def _read(feed: Feed, now: datetime) -> tuple[list[Post], str | None]:
+    """Every post newer than the cursor that is young enough to answer.
+
+    Pages come newest first; reading stops at the end, or at a page whose oldest post
+    is past the age limit (older ones would be skipped anyway), so the cursor can move
+    to the newest post without leaving anything answerable behind.
+    """
     since = Cursor.objects.filter(source=feed.key).values_list("since_id", flat=True).first()
+    oldest_wanted = now - timedelta(hours=settings.MAX_POST_AGE_HOURS)
     posts: list[Post] = []
     newest: str | None = None
     token: str | None = None
@@ -125,8 +147,12 @@ def _read(feed: Feed) -> tuple[list[Post], str | None]:
         newest = newest or page.newest_id
         posts += page.posts
         token = page.next_token
-        if not token:
+        if not token or (page.posts and min(p.created_at for p in page.posts) < oldest_wanted):
             break
+    else:
+        log.warning(
+            "discover: %s has over %d pages of new posts; the rest is skipped", feed.key, MAX_PAGES
+        )
     return posts, newest
 
 

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from bot.clients.errors import ClientError, ErrorKind
@@ -97,8 +98,9 @@ def _invalid_output(tweet: QueuedTweet, exc: ClientError, now: datetime) -> str:
     if attempts < MAX_DRAFT_ATTEMPTS:
         transition(tweet.id, expected=Status.NEW, to=Status.NEW, **fields)
         return "retry"
-    if transition(tweet.id, expected=Status.NEW, to=Status.FAILED, **fields):
-        dead_letter(tweet, stage="draft", error=str(exc), kind=exc.kind, now=now)
+    with transaction.atomic():
+        if transition(tweet.id, expected=Status.NEW, to=Status.FAILED, **fields):
+            dead_letter(tweet, stage="draft", error=str(exc), kind=exc.kind, now=now)
     return "failed"
 
 

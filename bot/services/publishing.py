@@ -21,7 +21,9 @@ from django.utils import timezone
 from bot.clients.errors import ClientError, ErrorKind
 from bot.models import (
     Channel,
+    Cursor,
     Decision,
+    OurReply,
     PipelineControl,
     QueuedTweet,
     Status,
@@ -38,9 +40,12 @@ log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=5)
 MAX_PUBLISH_ATTEMPTS = 3
-# X's timeline can trail a write by a moment; an unknown outcome younger than this is
-# not judged yet.
+# X's timeline can trail a write by a moment: an unknown outcome is judged this long
+# after its lease ran out.
 RECONCILE_AFTER = timedelta(minutes=1)
+# How long a handed-off reply is looked for on our timeline.
+HANDOFF_WATCH = timedelta(days=3)
+OUR_REPLIES = "our_replies"
 PUBLISHED = [Status.PUBLISHING, Status.POSTED, Status.UNKNOWN]
 # A reply that did not go out gives up its claim: it no longer counts against the caps.
 UNCLAIMED = {"lease_until": None, "publish_request_id": None, "claimed_at": None}
@@ -50,12 +55,6 @@ def handoff_link(tweet: QueuedTweet) -> str:
     """X's web intent: opens the composer as a reply with the approved text filled in."""
     query = urlencode({"in_reply_to": tweet.target_tweet_id, "text": tweet.draft})
     return f"https://x.com/intent/post?{query}"
-
-
-def api_reply_allowed(tweet: QueuedTweet) -> bool:
-    """X's 2026 rule under REPLY_MODE: the API may answer only authors who summoned us."""
-    mode = settings.REPLY_MODE
-    return mode == "api" or (mode == "auto" and tweet.summoned)
 
 
 def publishing_paused() -> bool:
@@ -93,9 +92,9 @@ def schedule_approved(*, now: datetime | None = None) -> int:
 
 
 def publish_due(x: XClient, *, now: datetime | None = None, limit: int = 20) -> dict[str, int]:
-    """One pass of the publish stage: hand off what the API may not send, then publish."""
+    """Claim and publish due replies, one at a time, up to ``limit``."""
     now = now or timezone.now()
-    counts = {"handed_off": hand_off_due(now=now), "published": 0, "claimed": 0}
+    counts = {"published": 0, "claimed": 0}
     for _ in range(limit):
         tweet = claim_next(now=now)
         if tweet is None:
@@ -106,8 +105,9 @@ def publish_due(x: XClient, *, now: datetime | None = None, limit: int = 20) -> 
     return counts
 
 
-def hand_off_due(*, now: datetime) -> int:
+def hand_off_due(*, now: datetime | None = None) -> int:
     """Due replies the API may not send go to the owner as a prefilled link."""
+    now = now or timezone.now()
     if publishing_paused():
         return 0
     due = _due(now)
@@ -133,9 +133,11 @@ def claim_next(*, now: datetime) -> QueuedTweet | None:
         # The lock may have been a while coming: judge and stamp the claim by the time
         # it is granted, not by when this pass started.
         now = max(now, timezone.now())
+        if settings.REPLY_MODE == "handoff":
+            return None  # nothing goes through the API; hand_off_due serves these
         candidates = _due(now).order_by("scheduled_at", "id")
         if settings.REPLY_MODE == "auto":
-            candidates = candidates.filter(summoned=True)
+            candidates = candidates.filter(summoned=True)  # X's 2026 rule
         if connection.features.has_select_for_update_skip_locked:
             candidates = candidates.select_for_update(skip_locked=True)
         published = _published_since(now)
@@ -184,8 +186,7 @@ def reply_publish(tweet: QueuedTweet, x: XClient, *, now: datetime | None = None
             _from_publishing(tweet, Status.UNKNOWN, exc)
             return Status.UNKNOWN
         return _item_failure(tweet, now, exc)
-    _mark_posted(tweet, reply_id, now)
-    return Status.POSTED
+    return _mark_posted(tweet, reply_id, now)
 
 
 def _wait_for_service(
@@ -215,8 +216,9 @@ def _item_failure(tweet: QueuedTweet, now: datetime, exc: ClientError) -> Status
         **UNCLAIMED,
     }
     if target_gone or attempts >= MAX_PUBLISH_ATTEMPTS:
-        if transition(tweet.id, expected=Status.PUBLISHING, to=Status.FAILED, **common):
-            dead_letter(tweet, stage="publish", error=str(exc), kind=exc.kind, now=now)
+        with transaction.atomic():
+            if transition(tweet.id, expected=Status.PUBLISHING, to=Status.FAILED, **common):
+                dead_letter(tweet, stage="publish", error=str(exc), kind=exc.kind, now=now)
         return Status.FAILED
     transition(
         tweet.id,
@@ -235,13 +237,13 @@ def _from_publishing(tweet: QueuedTweet, to: Status, exc: ClientError) -> None:
     transition(tweet.id, expected=Status.PUBLISHING, to=to, **fields)
 
 
-def _mark_posted(tweet: QueuedTweet, reply_id: str, now: datetime) -> None:
-    # Matched on the request id: if recovery already judged this row unknown, the
-    # answer we now hold still settles it.
+def _mark_posted(tweet: QueuedTweet, reply_id: str, now: datetime) -> Status:
+    # Matched on the request id, whatever recovery did meanwhile (judged it unknown, or
+    # even queued it again): the answer we now hold settles it.
     moved = QueuedTweet.objects.filter(
         id=tweet.id,
         publish_request_id=tweet.publish_request_id,
-        status__in=[Status.PUBLISHING, Status.UNKNOWN],
+        status__in=[Status.PUBLISHING, Status.UNKNOWN, Status.APPROVED],
     ).update(
         status=Status.POSTED,
         reply_tweet_id=reply_id,
@@ -251,8 +253,18 @@ def _mark_posted(tweet: QueuedTweet, reply_id: str, now: datetime) -> None:
         last_error_kind="",
         updated_at=now,
     )
-    if moved:
-        dead_letter_resolve(tweet)
+    if not moved:
+        current = QueuedTweet.objects.filter(id=tweet.id).values_list("status", flat=True).first()
+        log.error(
+            "publish: reply %s to %s was posted but row %s is now %s; reconcile will see it",
+            reply_id,
+            tweet.target_tweet_id,
+            tweet.id,
+            current,
+        )
+        return Status(current) if current else Status.POSTED
+    dead_letter_resolve(tweet)
+    return Status.POSTED
 
 
 # --- recover and reconcile ----------------------------------------------------------------
@@ -284,32 +296,63 @@ def recover_stale(*, now: datetime | None = None, older_than: timedelta | None =
 
 
 def reconcile(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
-    """Settle unknown outcomes and handoffs against our own recent replies on X."""
+    """Settle unknown outcomes and recent handoffs against our own replies on X.
+
+    An unknown row is judged only once its lease has run out (plus X's timeline lag),
+    so a call still in flight can never be taken for one that never went out. Our
+    timeline is read from a cursor: X bills every post read, so each is read once and
+    kept in ``OurReply``.
+    """
     now = now or timezone.now()
     unknown = list(
-        QueuedTweet.objects.filter(status=Status.UNKNOWN, claimed_at__lte=now - RECONCILE_AFTER)
+        QueuedTweet.objects.filter(
+            Q(lease_until__isnull=True) | Q(lease_until__lte=now - RECONCILE_AFTER),
+            status=Status.UNKNOWN,
+        )
     )
-    handed_off = list(QueuedTweet.objects.filter(status=Status.HANDOFF))
+    handed_off = list(
+        QueuedTweet.objects.filter(status=Status.HANDOFF, updated_at__gte=now - HANDOFF_WATCH)
+    )
     counts = {"posted": 0, "requeued": 0, "failed": 0}
     if not unknown and not handed_off:
         return counts
     try:
-        replies = x.our_recent_replies(max_results=100)
+        _read_our_replies(x)
     except (ClientError, CircuitOpenError) as exc:
         log.warning("reconcile: cannot read our timeline, will try again: %s", exc)
         return counts
-    found = {post.replied_to_id: post for post in replies if post.replied_to_id}
+    targets = [tweet.target_tweet_id for tweet in unknown + handed_off]
+    found = dict(
+        OurReply.objects.filter(in_reply_to_id__in=targets).values_list(
+            "in_reply_to_id", "reply_id"
+        )
+    )
     for tweet in handed_off:
-        post = found.get(tweet.target_tweet_id)
-        if post and _settle_posted(tweet, Status.HANDOFF, post.id, now, Channel.SYSTEM):
+        reply_id = found.get(tweet.target_tweet_id)
+        if reply_id and _settle_posted(tweet, Status.HANDOFF, reply_id, now, Channel.SYSTEM):
             counts["posted"] += 1
     for tweet in unknown:
-        post = found.get(tweet.target_tweet_id)
-        if post:
-            counts["posted"] += _settle_posted(tweet, Status.UNKNOWN, post.id, now, None)
+        reply_id = found.get(tweet.target_tweet_id)
+        if reply_id:
+            counts["posted"] += _settle_posted(tweet, Status.UNKNOWN, reply_id, now, None)
         else:
             counts[_requeue_unknown(tweet, now)] += 1
     return counts
+
+
+def _read_our_replies(x: XClient) -> None:
+    """Fetch our replies newer than the cursor and keep them (rows and cursor together)."""
+    since = Cursor.objects.filter(source=OUR_REPLIES).values_list("since_id", flat=True).first()
+    replies = x.our_recent_replies(since_id=since or None, max_results=100)
+    if not replies:
+        return
+    with transaction.atomic():
+        OurReply.objects.bulk_create(
+            [OurReply(reply_id=p.id, in_reply_to_id=p.replied_to_id) for p in replies],
+            ignore_conflicts=True,
+        )
+        newest = max(replies, key=lambda post: int(post.id)).id
+        Cursor.objects.update_or_create(source=OUR_REPLIES, defaults={"since_id": newest})
 
 
 def _settle_posted(
@@ -340,20 +383,31 @@ def _settle_posted(
 
 
 def _requeue_unknown(tweet: QueuedTweet, now: datetime) -> str:
-    """Not on our timeline: the reply never went out. Try again, a bounded number of times."""
-    attempts = tweet.attempts + 1
-    common = {"attempts": attempts, **UNCLAIMED}
+    """Not on our timeline once the call is surely over: it never went out. Send it again.
+
+    No attempt is spent: not knowing is the service's fault, not the item's (and a dead
+    X opens the breaker, which stops the round trips). The request id stays, so a
+    late answer to the old request still settles the row.
+    """
     if "duplicate content" in tweet.last_error.lower():
         # X refused the text as a copy of another of our replies: sending it again can
         # never work. The draft stage's dead-letter retry writes a new one for approval.
-        error = "X refused the text as a duplicate of another reply of ours; it needs a new draft"
-        if transition(tweet.id, expected=Status.UNKNOWN, to=Status.FAILED, **common):
-            dead_letter(tweet, stage="draft", error=error, kind=ErrorKind.PERMANENT, now=now)
-        return "failed"
-    if attempts >= MAX_PUBLISH_ATTEMPTS:
-        error = f"no reply found on our timeline after {attempts} uncertain attempts"
-        if transition(tweet.id, expected=Status.UNKNOWN, to=Status.FAILED, **common):
-            dead_letter(tweet, stage="publish", error=error, kind=ErrorKind.AMBIGUOUS, now=now)
+        error = (
+            f"X refused this reply as a duplicate of another of ours: {tweet.draft!r}. "
+            "Write a clearly different one."
+        )
+        with transaction.atomic():
+            # Kept as the item's own error: the new draft's prompt carries it as feedback.
+            failed = transition(
+                tweet.id,
+                expected=Status.UNKNOWN,
+                to=Status.FAILED,
+                last_error=error,
+                last_error_kind=ErrorKind.PERMANENT,
+                **UNCLAIMED,
+            )
+            if failed:
+                dead_letter(tweet, stage="draft", error=error, kind=ErrorKind.PERMANENT, now=now)
         return "failed"
     transition(
         tweet.id,
@@ -361,7 +415,8 @@ def _requeue_unknown(tweet: QueuedTweet, now: datetime) -> str:
         to=Status.APPROVED,
         scheduled_at=now,
         next_attempt_at=now + timedelta(minutes=2),
-        **common,
+        lease_until=None,
+        claimed_at=None,
     )
     return "requeued"
 

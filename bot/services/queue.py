@@ -15,6 +15,8 @@ from resilience.alerts import raise_alert
 log = logging.getLogger(__name__)
 
 DLQ_BASE_DELAY = timedelta(minutes=5)
+# A tweet in one of these is done with; its dead-letter row, if any, is resolved.
+SETTLED = [Status.POSTED, Status.REJECTED, Status.SKIPPED, Status.EXPIRED, Status.HANDOFF]
 
 
 def transition(
@@ -55,7 +57,9 @@ def dead_letter(
         if created:
             return failure
         failure.stage, failure.error, failure.error_kind = stage, error, kind
-        if failure.status == FailedTweetStatus.RETRYING:
+        # A retry that failed, or a tweet failing again after its retry got through one
+        # stage (say a redraft whose text X then refuses), spends one of the retries.
+        if failure.status in (FailedTweetStatus.RETRYING, FailedTweetStatus.RESOLVED):
             failure.retry_count += 1
             failure.last_retry_at = now
         if failure.retry_count >= failure.max_retries:
@@ -92,17 +96,25 @@ def dead_letter_retry_due(*, now: datetime | None = None) -> int:
     item-level failure. A service being down spends nothing.
     """
     now = now or timezone.now()
+    dead_letter_sweep(now=now)
     due = FailedTweet.objects.filter(status=FailedTweetStatus.PENDING, next_retry_at__lte=now)
     retried = 0
     for failure in due.select_related("queued_tweet"):
-        if not FailedTweet.objects.filter(id=failure.id, status=FailedTweetStatus.PENDING).update(
-            status=FailedTweetStatus.RETRYING, last_retry_at=now, updated_at=now
-        ):
-            continue
-        tweet = failure.queued_tweet
-        if failure.stage == "draft":
-            # A new draft needs a new approval.
-            back = transition(
+        with transaction.atomic():
+            if not FailedTweet.objects.filter(
+                id=failure.id, status=FailedTweetStatus.PENDING
+            ).update(status=FailedTweetStatus.RETRYING, last_retry_at=now, updated_at=now):
+                continue
+            retried += _send_back(failure, now)
+    return retried
+
+
+def _send_back(failure: FailedTweet, now: datetime) -> int:
+    tweet = failure.queued_tweet
+    if failure.stage == "draft":
+        # A new draft needs a new approval.
+        return int(
+            transition(
                 tweet.id,
                 expected=Status.FAILED,
                 to=Status.NEW,
@@ -113,23 +125,35 @@ def dead_letter_retry_due(*, now: datetime | None = None) -> int:
                 scheduled_at=None,
                 attempts=0,
             )
-        else:
-            back = transition(
-                tweet.id,
-                expected=Status.FAILED,
-                to=Status.APPROVED,
-                attempts=0,
-                scheduled_at=now,
-                next_attempt_at=None,
-            )
-        if back:
-            retried += 1
-        else:
-            # The tweet moved on (an operator acted): nothing left to retry.
-            FailedTweet.objects.filter(id=failure.id).update(
-                status=FailedTweetStatus.RESOLVED, next_retry_at=None, updated_at=now
-            )
-    return retried
+        )
+    return int(
+        transition(
+            tweet.id,
+            expected=Status.FAILED,
+            to=Status.APPROVED,
+            attempts=0,
+            scheduled_at=now,
+            next_attempt_at=None,
+        )
+    )
+
+
+def dead_letter_sweep(*, now: datetime) -> None:
+    """Close dead-letter rows whose tweet left the pipeline some other way.
+
+    A retried tweet may end rejected, expired, skipped, handed off or posted by a path
+    that does not know about its dead-letter row; and a crash can leave a row
+    ``retrying`` while its tweet is still ``failed``. One sweep covers every such exit.
+    """
+    open_rows = FailedTweet.objects.filter(
+        status__in=[FailedTweetStatus.PENDING, FailedTweetStatus.RETRYING]
+    )
+    open_rows.filter(queued_tweet__status__in=SETTLED).update(
+        status=FailedTweetStatus.RESOLVED, next_retry_at=None, updated_at=now
+    )
+    open_rows.filter(status=FailedTweetStatus.RETRYING, queued_tweet__status=Status.FAILED).update(
+        status=FailedTweetStatus.PENDING, next_retry_at=now, updated_at=now
+    )
 
 
 def dead_letter_discard(failure: FailedTweet, *, actor: str, reason: str) -> bool:
