@@ -246,7 +246,6 @@ class Decision(models.Model):
         REGENERATE = "regenerate", "Asked for a new draft"
         REJECT = "reject", "Rejected"
         DISCARD = "discard", "Discarded a failure"
-        RETRY = "retry", "Retried a failure"
         MARK_POSTED = "mark_posted", "Marked posted"
 
     queued_tweet = models.ForeignKey(

@@ -1,13 +1,14 @@
 """When a reply may go out: random delay, quiet hours, spacing and caps. Pure functions.
 
 The publish stage asks ``earliest_allowed`` with the publish times it counted in the
-database (under a lock, so every worker sees the same counts); ``schedule`` picks the
-first time for a newly approved reply.
+database (under a lock, so every worker sees the same counts); scheduling asks it for
+the first time a newly approved reply may go.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -73,8 +74,8 @@ def quiet_hours_end(when: datetime, pacing: Pacing) -> datetime:
 def earliest_allowed(
     when: datetime,
     pacing: Pacing,
-    published: list[datetime],
-    author_published: list[datetime] = (),  # type: ignore[assignment]
+    published: Sequence[datetime],
+    author_published: Sequence[datetime] = (),
     author_cap: int = 1,
 ) -> datetime:
     """The first time at or after ``when`` that keeps every rule, given past publish times.
@@ -101,7 +102,7 @@ def earliest_allowed(
     raise RuntimeError("pacing did not settle")  # pragma: no cover
 
 
-def _after_cap(when: datetime, times: list[datetime], window: timedelta, cap: int) -> datetime:
+def _after_cap(when: datetime, times: Sequence[datetime], window: timedelta, cap: int) -> datetime:
     """Move ``when`` until fewer than ``cap`` of ``times`` fall in the window ending there.
 
     Times after ``when`` count too: another worker (or machine, with its own clock) may

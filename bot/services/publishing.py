@@ -270,21 +270,23 @@ def _mark_posted(tweet: QueuedTweet, reply_id: str, now: datetime) -> Status:
 # --- recover and reconcile ----------------------------------------------------------------
 
 
-def recover_stale(*, now: datetime | None = None, older_than: timedelta | None = None) -> list[int]:
-    """Publishing rows whose worker is gone (lease expired) become ``unknown``.
-
-    With ``older_than``, rows claimed longer ago than that count as stale too.
-    """
-    now = now or timezone.now()
+def stale_publishing(
+    *, now: datetime, older_than: timedelta | None = None
+) -> QuerySet[QueuedTweet]:
+    """Rows in ``publishing`` whose worker is gone: lease expired, or claimed too long ago."""
     stale = Q(lease_until__lt=now)
     if older_than is not None:
         stale |= Q(claimed_at__lt=now - older_than)
-    ids = list(
-        QueuedTweet.objects.filter(stale, status=Status.PUBLISHING).values_list("id", flat=True)
-    )
+    return QueuedTweet.objects.filter(stale, status=Status.PUBLISHING)
+
+
+def recover_stale(*, now: datetime | None = None, older_than: timedelta | None = None) -> list[int]:
+    """Stale publishing rows become ``unknown``, for reconcile to settle."""
+    now = now or timezone.now()
+    ids = stale_publishing(now=now, older_than=older_than).values_list("id", flat=True)
     return [
         tweet_id
-        for tweet_id in ids
+        for tweet_id in list(ids)
         if transition(
             tweet_id,
             expected=Status.PUBLISHING,

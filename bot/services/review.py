@@ -8,6 +8,7 @@ from django.utils import timezone
 from bot.clients.errors import ClientError
 from bot.clients.llm import validate_reply
 from bot.models import Channel, Decision, QueuedTweet, Status
+from bot.services.publishing import reply_schedule
 from bot.services.queue import transition
 
 __all__ = ["ReviewError", "reply_approve", "reply_regenerate", "reply_reject"]
@@ -49,9 +50,6 @@ def reply_approve(
             text_before=tweet.draft,
             text_after=final,
         )
-    # Late import: scheduling depends on review's callers, not the reverse.
-    from bot.services.publishing import reply_schedule
-
     tweet.refresh_from_db()
     reply_schedule(tweet)
     return tweet

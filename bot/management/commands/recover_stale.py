@@ -6,11 +6,11 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
-from django.db.models import Count, Q
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import Count
 from django.utils import timezone
 
-from bot.models import FailedTweet, QueuedTweet, Status
+from bot.models import FailedTweet
 from bot.services import publishing
 from bot.tasks import configured_x
 
@@ -35,28 +35,19 @@ class Command(BaseCommand):
         now = timezone.now()
         minutes = options["timeout_minutes"]
         if minutes is not None and minutes < 1:
-            self.stderr.write("--timeout-minutes must be at least 1")
-            raise SystemExit(2)
+            raise CommandError("--timeout-minutes must be at least 1", returncode=2)
         older_than = timedelta(minutes=minutes) if minutes else None
-        stale = Q(lease_until__lt=now)
-        if older_than:
-            stale |= Q(claimed_at__lt=now - older_than)
+        stale = publishing.stale_publishing(now=now, older_than=older_than)
         report: dict[str, Any] = {
             "dry_run": options["dry_run"],
-            "stale": list(
-                QueuedTweet.objects.filter(stale, status=Status.PUBLISHING).values_list(
-                    "id", flat=True
-                )
-            ),
+            "stale": list(stale.values_list("id", flat=True)),
         }
         if not options["dry_run"]:
             report["marked_unknown"] = publishing.recover_stale(now=now, older_than=older_than)
             x = configured_x("recover_stale")
             report["reconciled"] = publishing.reconcile(x, now=now) if x else {}
         report["dead_letters"] = dict(
-            FailedTweet.objects.values_list("status")
-            .annotate(n=Count("id"))
-            .values_list("status", "n")
+            FailedTweet.objects.values_list("status").annotate(n=Count("id"))
         )
         if options["json"]:
             self.stdout.write(json.dumps(report))
