@@ -20,7 +20,10 @@ from bot.models import (
     Status,
     TargetAccount,
 )
+from bot.services.discovery import discover_all
+from bot.services.drafting import draft_new
 from bot.services.review import reply_approve, reply_reject
+from bot.tasks import configured_llm, configured_x
 from resilience import get_breaker
 from resilience.models import AlertEvent
 from tests.pipeline import approved, discovered, run_pipeline, summon
@@ -318,6 +321,10 @@ def test_invariant_3_nothing_is_lost_and_nothing_doubled_under_random_failures(p
     assert all(len(pipeline.x.replies_to(post_id)) <= 1 for post_id in posts)
     for row in rows.filter(status=Status.POSTED):
         assert [r.id for r in pipeline.x.replies_to(row.target_tweet_id)] == [row.reply_tweet_id]
+        # Invariant 1: whatever happened on the way, a human approved this very text.
+        approval = row.decisions.filter(action__in=["approve", "edit"]).last()
+        assert approval is not None
+        assert approval.text_after == pipeline.x.replies_to(row.target_tweet_id)[0].text
     assert rows.filter(status=Status.POSTED).exists()
     assert rows.filter(status=Status.HANDOFF).exists()  # the ordinary post
 
@@ -398,3 +405,16 @@ def test_our_account_is_asked_for_once_not_every_pass(pipeline):
     for _ in range(3):
         run_pipeline()
     assert [name for name, _ in pipeline.x.requests].count("me") == 1
+
+
+def test_a_post_being_drafted_by_one_worker_is_not_drafted_by_another(pipeline):
+    post_id = summon(pipeline)
+    discover_all(configured_x("test"))
+    tweet = discovered(post_id)
+    QueuedTweet.objects.filter(id=tweet.id).update(
+        lease_until=timezone.now() + timedelta(minutes=1)
+    )
+    assert draft_new(configured_llm("test"))["drafted"] == 0
+    assert pipeline.openai.completions == []
+    with time_machine.travel(timezone.now() + timedelta(minutes=2)):
+        assert draft_new(configured_llm("test"))["drafted"] == 1

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from bot.clients.errors import ClientError, ErrorKind
@@ -23,18 +24,37 @@ log = logging.getLogger(__name__)
 # The model gets this many tries at a valid reply (each with the last problem as
 # feedback) before the post goes to the dead-letter queue.
 MAX_DRAFT_ATTEMPTS = 3
+# A worker drafting a post holds it this long (the model's timeout is 45 s).
+DRAFT_LEASE = timedelta(minutes=2)
 
 
 def draft_new(llm: LLMClient, *, now: datetime | None = None, limit: int = 20) -> dict[str, int]:
     """One pass of the draft stage over posts waiting for a draft."""
     now = now or timezone.now()
     counts = {"drafted": 0, "skipped": 0, "retry": 0, "failed": 0, "waiting": 0}
-    for tweet in QueuedTweet.objects.filter(status=Status.NEW).order_by("created_at")[:limit]:
+    waiting = QueuedTweet.objects.filter(
+        Q(lease_until__isnull=True) | Q(lease_until__lt=now), status=Status.NEW
+    )
+    for tweet in waiting.order_by("created_at")[:limit]:
+        if not _claim(tweet, now):
+            continue  # another worker is drafting it: one model call per draft
         outcome = reply_draft(tweet, llm, now=now)
         counts[outcome] += 1
+        if outcome in ("waiting", "retry"):
+            # Free it for the next pass at once, whoever runs it.
+            QueuedTweet.objects.filter(id=tweet.id, status=Status.NEW).update(lease_until=None)
         if outcome == "waiting":
             break  # the model is unavailable: the rest wait too, nothing fails
     return counts
+
+
+def _claim(tweet: QueuedTweet, now: datetime) -> bool:
+    free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    return bool(
+        QueuedTweet.objects.filter(free, id=tweet.id, status=Status.NEW).update(
+            lease_until=now + DRAFT_LEASE
+        )
+    )
 
 
 def reply_draft(tweet: QueuedTweet, llm: LLMClient, *, now: datetime | None = None) -> str:
@@ -77,6 +97,7 @@ def reply_draft(tweet: QueuedTweet, llm: LLMClient, *, now: datetime | None = No
         draft_attempts=tweet.draft_attempts + 1,
         last_error="",
         last_error_kind="",
+        lease_until=None,
     )
     if moved:
         dead_letter_resolve(tweet)
