@@ -418,3 +418,16 @@ def test_a_post_being_drafted_by_one_worker_is_not_drafted_by_another(pipeline):
     assert pipeline.openai.completions == []
     with time_machine.travel(timezone.now() + timedelta(minutes=2)):
         assert draft_new(configured_llm("test"))["drafted"] == 1
+
+
+def test_quoting_our_reply_summons_us(pipeline):
+    post_id = summon(pipeline)
+    run_pipeline()
+    approved(post_id)
+    run_pipeline()
+    our_reply = discovered(post_id).reply_tweet_id
+    quote = pipeline.x.publish("alice", "this is wrong, and here is why", quote_of=our_reply)
+    plain_quote = pipeline.x.publish("alice", "look at this", quote_of=post_id)
+    run_pipeline()
+    assert discovered(quote).summoned, "X lets us answer: the author quoted our reply"
+    assert not discovered(plain_quote).summoned

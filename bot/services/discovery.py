@@ -22,6 +22,7 @@ from bot.clients.errors import ClientError, ErrorKind
 from bot.models import (
     Cursor,
     OptedOutAuthor,
+    OurReply,
     QueuedTweet,
     SearchQuery,
     Source,
@@ -160,7 +161,15 @@ def _save(
     feed: Feed, posts: list[Post], newest: str | None, me: User, now: datetime
 ) -> tuple[int, int]:
     opted_out = set(OptedOutAuthor.objects.values_list("username", flat=True))
-    rows = [_row(feed, post, me, now, opted_out) for post in posts]
+    # Quoting one of our posts summons us too. We know our replies (read once for
+    # reconciling), which is what people quote; a quote of another post of ours is
+    # handed off, the safe side of X's rule.
+    quoted_ours = set(
+        OurReply.objects.filter(
+            reply_id__in=[p.quoted_id for p in posts if p.quoted_id]
+        ).values_list("reply_id", flat=True)
+    )
+    rows = [_row(feed, post, me, now, opted_out, quoted_ours) for post in posts]
     with transaction.atomic():
         known = set(
             QueuedTweet.objects.filter(
@@ -174,8 +183,12 @@ def _save(
     return len(fresh), sum(1 for row in fresh if row.status == Status.NEW)
 
 
-def _row(feed: Feed, p: Post, me: User, now: datetime, opted_out: set[str]) -> QueuedTweet:
-    summoned = feed.source == Source.MENTION or p.mentions_user(me.username)
+def _row(
+    feed: Feed, p: Post, me: User, now: datetime, opted_out: set[str], quoted_ours: set[str]
+) -> QueuedTweet:
+    summoned = (
+        feed.source == Source.MENTION or p.mentions_user(me.username) or p.quoted_id in quoted_ours
+    )
     reason = _skip_reason(feed, p, me, now, opted_out, summoned)
     return QueuedTweet(
         target_tweet_id=p.id,

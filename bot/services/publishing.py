@@ -263,6 +263,10 @@ def _mark_posted(tweet: QueuedTweet, reply_id: str, now: datetime) -> Status:
             current,
         )
         return Status(current) if current else Status.POSTED
+    # Known as ours from now on: reconcile need not read it, and a quote of it summons us.
+    OurReply.objects.get_or_create(
+        reply_id=reply_id, defaults={"in_reply_to_id": tweet.target_tweet_id}
+    )
     dead_letter_resolve(tweet)
     return Status.POSTED
 
