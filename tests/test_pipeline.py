@@ -431,3 +431,38 @@ def test_quoting_our_reply_summons_us(pipeline):
     run_pipeline()
     assert discovered(quote).summoned, "X lets us answer: the author quoted our reply"
     assert not discovered(plain_quote).summoned
+
+
+@pytest.mark.parametrize(
+    ("fault", "waits_at_least"),
+    [
+        ({"status": 429, "reset_in": 900}, timedelta(minutes=14)),  # until X's reset
+        ({"status": 429, "usage_cap": True}, None),  # until the cap's month ends
+        ({"status": 401}, timedelta(minutes=1)),  # our credentials: the owner must act
+        ({"status": 500}, timedelta(minutes=1)),
+    ],
+)
+def test_service_level_refusals_at_publish_make_the_reply_wait_with_its_attempts(
+    pipeline, fault, waits_at_least
+):
+    post_id = summon(pipeline)
+    run_pipeline()
+    approved(post_id)
+    pipeline.x.faults.add("create_tweet", "error", **fault)
+    before = timezone.now()
+    run_pipeline()
+    tweet = discovered(post_id)
+    assert (tweet.status, tweet.attempts, tweet.last_error_kind) == (
+        Status.APPROVED,
+        0,
+        "transient",
+    )
+    if waits_at_least is None:
+        first_of_next_month = (before.replace(day=28) + timedelta(days=4)).replace(
+            day=1, hour=0, minute=0, second=0, microsecond=0
+        )
+        assert tweet.next_attempt_at >= first_of_next_month
+    else:
+        assert tweet.next_attempt_at >= before + waits_at_least
+    assert FailedTweet.objects.count() == 0
+    assert pipeline.x.replies_to(post_id) == []
