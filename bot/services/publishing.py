@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
@@ -175,10 +175,11 @@ def reply_publish(tweet: QueuedTweet, x: XClient, *, now: datetime | None = None
     try:
         reply_id = x.create_reply(in_reply_to=tweet.target_tweet_id, text=tweet.draft)
     except CircuitOpenError as exc:
-        return _wait_for_service(tweet, now, exc.retry_after, str(exc))
+        return _wait_for_service(tweet, now, _after(now, exc.retry_after), str(exc))
     except ClientError as exc:
         if exc.kind is ErrorKind.TRANSIENT:
-            return _wait_for_service(tweet, now, exc.retry_after, str(exc))
+            until = datetime.fromtimestamp(exc.retry_at, UTC) if exc.retry_at else _after(now, None)
+            return _wait_for_service(tweet, now, until, str(exc))
         if exc.kind is ErrorKind.NOT_PERMITTED:
             _from_publishing(tweet, Status.HANDOFF, exc)
             return Status.HANDOFF
@@ -189,16 +190,17 @@ def reply_publish(tweet: QueuedTweet, x: XClient, *, now: datetime | None = None
     return _mark_posted(tweet, reply_id, now)
 
 
-def _wait_for_service(
-    tweet: QueuedTweet, now: datetime, retry_after: float | None, error: str
-) -> Status:
-    """X is unwell: the reply waits, keeping its attempts."""
-    wait = timedelta(seconds=retry_after if retry_after else 60)
+def _after(now: datetime, seconds: float | None) -> datetime:
+    return now + timedelta(seconds=seconds if seconds else 60)
+
+
+def _wait_for_service(tweet: QueuedTweet, now: datetime, until: datetime, error: str) -> Status:
+    """X is unwell: the reply waits (until X said to come back), keeping its attempts."""
     transition(
         tweet.id,
         expected=Status.PUBLISHING,
         to=Status.APPROVED,
-        next_attempt_at=now + wait,
+        next_attempt_at=max(until, now),
         last_error=error,
         last_error_kind=ErrorKind.TRANSIENT,
         **UNCLAIMED,
