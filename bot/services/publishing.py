@@ -73,6 +73,7 @@ def reply_schedule(tweet: QueuedTweet, *, now: datetime | None = None) -> dateti
     planned = list(
         QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=False)
         .exclude(id=tweet.id)
+        .order_by()
         .values_list("scheduled_at", flat=True)
     )
     when = earliest_allowed(now + pacing.random_delay(), pacing, planned + _published_since(now))
@@ -155,16 +156,15 @@ def claim_next(*, now: datetime) -> QueuedTweet | None:
                     scheduled_at=allowed, updated_at=now
                 )
                 continue
-            claimed = transition(
-                tweet.id,
-                expected=Status.APPROVED,
-                to=Status.PUBLISHING,
-                claimed_at=now,
-                lease_until=now + LEASE,
-                publish_request_id=uuid.uuid4(),
-            )
-            if claimed:
-                tweet.refresh_from_db()
+            claim = {
+                "claimed_at": now,
+                "lease_until": now + LEASE,
+                "publish_request_id": uuid.uuid4(),
+            }
+            if transition(tweet.id, expected=Status.APPROVED, to=Status.PUBLISHING, **claim):
+                for name, value in claim.items():
+                    setattr(tweet, name, value)
+                tweet.status = Status.PUBLISHING
                 return tweet
     return None
 
@@ -266,8 +266,9 @@ def _mark_posted(tweet: QueuedTweet, reply_id: str, now: datetime) -> Status:
         )
         return Status(current) if current else Status.POSTED
     # Known as ours from now on: reconcile need not read it, and a quote of it summons us.
-    OurReply.objects.get_or_create(
-        reply_id=reply_id, defaults={"in_reply_to_id": tweet.target_tweet_id}
+    OurReply.objects.bulk_create(
+        [OurReply(reply_id=reply_id, in_reply_to_id=tweet.target_tweet_id)],
+        ignore_conflicts=True,
     )
     dead_letter_resolve(tweet)
     return Status.POSTED
@@ -444,7 +445,7 @@ def _published_since(now: datetime, *, author_id: str | None = None) -> list[dat
     rows = QueuedTweet.objects.filter(status__in=PUBLISHED, claimed_at__gt=now - timedelta(days=1))
     if author_id is not None:
         rows = rows.filter(author_id=author_id)
-    return list(rows.values_list("claimed_at", flat=True))
+    return list(rows.order_by().values_list("claimed_at", flat=True))
 
 
 def _author_cap(tweet: QueuedTweet) -> int:

@@ -50,8 +50,9 @@ def reply_approve(
             text_before=tweet.draft,
             text_after=final,
         )
-    tweet.refresh_from_db()
-    reply_schedule(tweet)
+    tweet.status, tweet.draft, tweet.approved_at = Status.APPROVED, final, now
+    tweet.approved_by, tweet.approved_via = actor, channel
+    tweet.scheduled_at = reply_schedule(tweet)
     return tweet
 
 
