@@ -1,0 +1,783 @@
+"""What one tweet costs the pipeline: database queries per stage, and tweets per second.
+
+Run from the project root; it uses a throwaway SQLite database unless DATABASE_URL
+is set, and starts the X, OpenAI-compatible and Telegram stand-ins in-process::
+
+    .venv/bin/python -m bench.pipeline [--posts N] [--queue-sizes 10,1000]
+                                       [--repeats R] [--json] [--wipe]
+
+For each queue size the pipeline tables are emptied and pre-filled with that many
+unrelated rows (posted, skipped, rejected, expired and handed-off tweets of the last 30
+days, with their audit rows), then N authors each @mention our account in the sandbox
+and the batch goes through its whole lifecycle in one worker: the tasks of
+``bot.tasks.STAGES`` in their order, with the owner's approvals (``reply_approve``)
+after the draft stage. Each task runs pass after pass until a pass finds nothing to do,
+as a worker draining a backlog would (draft and publish take 20 rows a pass).
+
+In one run it measures:
+
+1. every database query of each stage, counted with ``connection.execute_wrapper``,
+   per tweet of the batch, side by side for each queue size;
+2. the wall time of each stage and of the whole lifecycle, best of R runs, as tweets
+   per second through one worker against the zero-latency sandbox.
+
+It checks that every post was answered exactly once, prints a verdict per target and
+always exits 0: it measures, it does not test.
+
+It empties every table of the ``bot`` app (queued tweets, dead letters, audit, cursors,
+targets, our replies) in the database it runs on. On a database that already holds
+queued tweets it refuses unless ``--wipe`` is given: point it at a database of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bot.models import QueuedTweet
+    from sandbox.harness import Sandbox
+
+DEFAULT_POSTS = 200
+DEFAULT_QUEUE_SIZES = (10, 1000)
+DEFAULT_REPEATS = 3
+# Discovery reads at most 50 pages of 100 a feed per pass; the sandbox's create_tweet
+# cap is 10,000 a day per app.
+MAX_POSTS = 5000
+# A stage runs until a pass finds nothing to do; this bounds one that never settles.
+MAX_PASSES = 1000
+SEED = 20261128
+
+# Publish as soon as approved: no delay, no quiet hours, no spacing, caps out of reach.
+PACING: dict[str, Any] = {
+    "MIN_DELAY_MINUTES": 0,
+    "MAX_DELAY_MINUTES": 0,
+    "QUIET_HOURS_START": 0,
+    "QUIET_HOURS_END": 0,
+    "MAX_POSTS_PER_HOUR": 1_000_000,
+    "MAX_POSTS_PER_DAY": 1_000_000,
+    "MIN_SPACING_MINUTES": 0,
+    "MAX_REPLIES_PER_AUTHOR_PER_DAY": 1_000,
+    "REPLY_MODE": "auto",
+    "PUBLISHING_PAUSED": False,
+    "RELEVANCE_THRESHOLD": 0.0,
+    "TOPIC_KEYWORDS": [],
+}
+
+# The unrelated rows a queue holds after a month of use: (status, share).
+PREFILL_MIX: list[tuple[str, float]] = [
+    ("skipped", 0.45),
+    ("posted", 0.33),
+    ("rejected", 0.10),
+    ("expired", 0.09),
+    # Approved replies to authors who had not summoned us, whose link the owner never used.
+    ("handoff", 0.03),
+]
+PREFILL_DAYS = 30
+# Pre-filled post ids sit far below the sandbox's snowflakes, so they never collide.
+PREFILL_ID_BASE = 1_000_000_000_000_000_000
+
+TOPICS = [
+    "retries without sleeping",
+    "select_for_update with skip_locked",
+    "circuit breakers in Django",
+    "idempotent task queues",
+    "migrations on a busy table",
+    "testing against a fake API",
+]
+# The model stand-in writes a reply from the post's longest words, and X refuses a
+# reply identical to one we posted before: each post carries six words of its own.
+STEMS = ["retrying", "locking", "breaking", "queueing", "migrating", "sandboxing"]
+
+
+@dataclass
+class Tally:
+    """The queries one stage issued."""
+
+    count: int = 0
+    reads: int = 0
+    breaker: int = 0
+    shapes: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class StageRun:
+    passes: int
+    seconds: float
+    tally: Tally | None
+
+
+@dataclass
+class Lifecycle:
+    queue_size: int
+    posts: int
+    stages: dict[str, StageRun]
+    posted: int
+    replies: int
+    replied_twice: int
+
+    @property
+    def seconds(self) -> float:
+        return sum(stage.seconds for stage in self.stages.values())
+
+    @property
+    def counted(self) -> bool:
+        return any(stage.tally is not None for stage in self.stages.values())
+
+    @property
+    def complete(self) -> bool:
+        return self.posted == self.replies == self.posts and self.replied_twice == 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    scratch = _prepare_environment()
+    try:
+        report = _run(
+            posts=args.posts,
+            queue_sizes=args.queue_sizes,
+            repeats=args.repeats,
+            wipe=args.wipe or scratch is not None,
+        )
+    finally:
+        if scratch is not None:
+            from django.db import connections
+
+            connections.close_all()
+            shutil.rmtree(scratch, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_render(report))
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.pipeline",
+        description="Database queries per tweet and tweets per second through the pipeline.",
+    )
+    parser.add_argument(
+        "--posts",
+        type=_posts,
+        default=DEFAULT_POSTS,
+        help=f"posts in the batch, from distinct authors ({DEFAULT_POSTS})",
+    )
+    parser.add_argument(
+        "--queue-sizes",
+        type=_sizes,
+        default=DEFAULT_QUEUE_SIZES,
+        help="unrelated rows already in the queue, comma-separated (10,1000)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=_positive,
+        default=DEFAULT_REPEATS,
+        help=f"timed lifecycles per queue size; best kept ({DEFAULT_REPEATS})",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--wipe",
+        action="store_true",
+        help="empty the pipeline tables even if the database already holds queued tweets",
+    )
+    return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _posts(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_POSTS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_POSTS}, got {value}")
+    return value
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from exc
+    if not sizes or min(sizes) < 0:
+        raise argparse.ArgumentTypeError(f"need sizes of 0 or more, got {text!r}")
+    return tuple(sorted(set(sizes)))
+
+
+def _prepare_environment() -> Path | None:
+    """Point Django at the project settings; returns the scratch directory it made, if any."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "replyguy.settings")
+    # DEBUG off, as in production: with it on Django keeps every query in
+    # connection.queries_log, which costs time.
+    os.environ.setdefault("DEBUG", "false")
+    os.environ.setdefault("SECRET_KEY", "bench-only-not-secret")
+    os.environ.setdefault("LOG_LEVEL", "ERROR")
+    if os.environ.get("DATABASE_URL", "").strip():
+        return None
+    scratch = Path(tempfile.mkdtemp(prefix="replyguy-bench-"))
+    os.environ["DATABASE_URL"] = f"sqlite:///{scratch / 'bench.sqlite3'}"
+    return scratch
+
+
+def _run(*, posts: int, queue_sizes: tuple[int, ...], repeats: int, wipe: bool) -> dict[str, Any]:
+    import django
+
+    django.setup()
+
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from bot.models import QueuedTweet
+    from sandbox.harness import Sandbox
+
+    call_command("migrate", verbosity=0)
+    if not wipe and QueuedTweet.objects.exists():
+        return {
+            "environment": _environment(),
+            "refused": (
+                f"the database already holds queued tweets ({QueuedTweet.objects.count()}), "
+                "and this benchmark empties the pipeline tables. Point DATABASE_URL at a "
+                "database of its own, or pass --wipe."
+            ),
+        }
+
+    with Sandbox() as sandbox:
+        for name, value in {**sandbox.env(), **PACING}.items():
+            setattr(settings, name, value)
+        try:
+            # Imports, first connections and the interpreter's specialisation, unreported.
+            _lifecycle(sandbox, queue_size=min(queue_sizes), posts=min(posts, 20), count=False)
+            counted = {
+                size: _lifecycle(sandbox, queue_size=size, posts=posts, count=True)
+                for size in queue_sizes
+            }
+            timed: dict[int, list[Lifecycle]] = {size: [] for size in queue_sizes}
+            # Interleaved so that drift in machine load hits every size alike.
+            for _ in range(repeats):
+                for size in queue_sizes:
+                    timed[size].append(
+                        _lifecycle(sandbox, queue_size=size, posts=posts, count=False)
+                    )
+        finally:
+            _wipe()
+    return _report(counted, timed, posts=posts, repeats=repeats)
+
+
+# --- one lifecycle ---------------------------------------------------------------------
+
+
+def _lifecycle(sandbox: Sandbox, *, queue_size: int, posts: int, count: bool) -> Lifecycle:
+    """A fresh queue of ``queue_size`` unrelated rows, then ``posts`` new posts end to end."""
+    from django.db import connection
+
+    from resilience import registry
+
+    _wipe()
+    _prefill(queue_size)
+    registry.clear()
+    batch = _summon(sandbox, posts)
+
+    stages: dict[str, StageRun] = {}
+    for name, stage in _stages(batch):
+        tally = Tally() if count else None
+        wrapper = connection.execute_wrapper(_Counter(tally)) if tally else nullcontext()
+        with wrapper:
+            started = time.perf_counter()
+            passes = stage()
+            seconds = time.perf_counter() - started
+        stages[name] = StageRun(passes, seconds, tally)
+    posted, replies, replied_twice = _outcome(sandbox, batch)
+    return Lifecycle(queue_size, posts, stages, posted, replies, replied_twice)
+
+
+def _stages(batch: list[str]) -> list[tuple[str, Callable[[], int]]]:
+    """``bot.tasks.STAGES`` in order, with the owner's approvals after the draft stage.
+
+    Each task runs pass after pass until a pass finds nothing to do (that idle pass
+    included), as a worker draining a backlog would. Returns (stage, run it -> passes).
+    """
+    from bot import tasks
+    from bot.models import Channel, QueuedTweet, Status
+    from bot.services.review import reply_approve
+
+    def approve() -> int:
+        # The owner's list of what waits, then one decision per row; each decision loads
+        # its row first, as the admin and Telegram handlers do.
+        waiting = list(
+            QueuedTweet.objects.filter(status=Status.PENDING, target_tweet_id__in=batch)
+            .order_by("id")
+            .values_list("id", flat=True)
+        )
+        for tweet_id in waiting:
+            tweet = QueuedTweet.objects.get(id=tweet_id)
+            reply_approve(tweet, actor="owner", channel=Channel.TELEGRAM)
+        return 1
+
+    stages: list[tuple[str, Callable[[], int]]] = []
+    for name, task in tasks.STAGES:
+        stages.append((name, _drain(task)))
+        if name == "draft":
+            stages.append(("approve", approve))
+    return stages
+
+
+def _drain(task: Callable[[], dict[str, int]]) -> Callable[[], int]:
+    def run() -> int:
+        for passes in range(1, MAX_PASSES + 1):
+            counts = task()
+            # "waiting" means the service is down: nothing will move this pass or the next.
+            if not any(value for key, value in counts.items() if key != "waiting"):
+                return passes
+        return MAX_PASSES
+
+    return run
+
+
+def _summon(sandbox: Sandbox, posts: int) -> list[str]:
+    """``posts`` distinct authors each @mention our account: X lets us answer by API."""
+    from sandbox.x_api import OUR_USERNAME
+
+    sandbox.reset()
+    # X's per-user window allows 100 replies in 15 minutes; a batch must not wait on it.
+    sandbox.x.set_limit("create_tweet", 1_000_000)
+    sandbox.x.set_limit("user_mentions", 1_000_000)
+    return [
+        sandbox.x.publish(
+            f"author{index:05d}",
+            f"@{OUR_USERNAME} how do you handle {TOPICS[index % len(TOPICS)]}? "
+            + " ".join(f"{stem}{_letters(index)}" for stem in STEMS),
+        )
+        for index in range(posts)
+    ]
+
+
+def _letters(number: int) -> str:
+    """A distinct run of letters per number: the model stand-in ignores digits."""
+    letters = ""
+    for _ in range(4):
+        number, digit = divmod(number, 26)
+        letters = chr(ord("a") + digit) + letters
+    return letters
+
+
+def _outcome(sandbox: Sandbox, batch: list[str]) -> tuple[int, int, int]:
+    """(rows posted, replies on X, posts answered more than once) for the batch."""
+    from bot.models import QueuedTweet, Status
+    from sandbox.x_api import OUR_USERNAME
+
+    wanted = set(batch)
+    posted = QueuedTweet.objects.filter(target_tweet_id__in=batch, status=Status.POSTED).count()
+    answered = Counter(
+        post.reply_to for post in sandbox.x.posts_by(OUR_USERNAME) if post.reply_to in wanted
+    )
+    return posted, sum(answered.values()), sum(1 for n in answered.values() if n > 1)
+
+
+# --- the queue around the batch -----------------------------------------------------------
+
+
+def _wipe() -> None:
+    from django.apps import apps
+    from django.conf import settings
+
+    from bot.models import PipelineControl
+    from resilience.models import BreakerRecord
+
+    # Every table of the bot app, so a model added later is emptied too.
+    for model in apps.get_app_config("bot").get_models():
+        if model is not PipelineControl:
+            model.objects.all().delete()
+    PipelineControl.objects.update(publishing_paused=False, paused_reason="")
+    BreakerRecord.objects.filter(name__in=list(settings.RESILIENCE["BREAKERS"])).delete()
+
+
+def _prefill(size: int) -> None:
+    """``size`` rows the batch has nothing to do with, spread over the last 30 days."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from bot.models import Channel, Decision, QueuedTweet, Status
+
+    rng = random.Random(SEED + size)
+    now = timezone.now()
+    statuses = [status for status, _ in PREFILL_MIX]
+    weights = [share for _, share in PREFILL_MIX]
+    rows: list[QueuedTweet] = []
+    for index in range(size):
+        status = Status(rng.choices(statuses, weights)[0])
+        # At least 6 hours old, so every later step of its story is in the past too.
+        created = now - timedelta(seconds=rng.uniform(6 * 3600, PREFILL_DAYS * 86400))
+        rows.append(_old_row(index, status, created, rng))
+    # bulk_create stamps auto_now(_add) fields with now, on the objects too; the history
+    # is put back afterwards.
+    history = [(row.created_at, row.updated_at) for row in rows]
+    QueuedTweet.objects.bulk_create(rows, batch_size=500)
+    for row, (created, updated) in zip(rows, history, strict=True):
+        row.created_at, row.updated_at = created, updated
+    QueuedTweet.objects.bulk_update(rows, ["created_at", "updated_at"], batch_size=500)
+
+    decisions = [
+        Decision(
+            queued_tweet=row,
+            action=Decision.Action.REJECT if rejected else Decision.Action.APPROVE,
+            actor="owner",
+            channel=Channel.TELEGRAM,
+            text_before=row.draft,
+            text_after="" if rejected else row.draft,
+        )
+        for row in rows
+        if row.status in (Status.POSTED, Status.HANDOFF, Status.REJECTED)
+        for rejected in [row.status == Status.REJECTED]
+    ]
+    Decision.objects.bulk_create(decisions, batch_size=500)
+    for decision in decisions:
+        decision.created_at = decision.queued_tweet.updated_at
+    Decision.objects.bulk_update(decisions, ["created_at"], batch_size=500)
+    if connection.vendor == "postgresql":
+        # What autovacuum would do soon after; done now so every run plans alike.
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {QueuedTweet._meta.db_table}")
+
+
+def _old_row(index: int, status: str, created: datetime, rng: random.Random) -> QueuedTweet:
+    from bot.models import Channel, QueuedTweet, Source, Status
+
+    author = index % 300
+    row = QueuedTweet(
+        target_tweet_id=str(PREFILL_ID_BASE + index),
+        author_id=str(PREFILL_ID_BASE + 10_000_000 + author),
+        author_username=f"old{author:05d}",
+        text=f"an older post about {TOPICS[index % len(TOPICS)]} (#{index})",
+        tweet_created_at=created - timedelta(minutes=rng.uniform(1, 30)),
+        source=rng.choice([Source.MENTION, Source.SEARCH, Source.TARGET]),
+        status=status,
+        created_at=created,
+        updated_at=created,
+    )
+    if status == Status.SKIPPED:
+        row.skip_reason = rng.choice(["off topic (no keyword)", "a repost", "our own post"])
+        return row
+    row.summoned = row.source == Source.MENTION and status != Status.HANDOFF
+    row.draft = f"An earlier reply about {TOPICS[index % len(TOPICS)]}."
+    row.variants = [row.draft]
+    row.draft_attempts = 1
+    decided = created + timedelta(minutes=rng.uniform(5, 240))
+    row.updated_at = decided
+    if status == Status.EXPIRED:
+        row.skip_reason = "too old to answer"
+    elif status == Status.HANDOFF:
+        row.approved_at, row.approved_by, row.approved_via = decided, "owner", Channel.TELEGRAM
+        row.scheduled_at = row.updated_at = decided + timedelta(minutes=rng.uniform(5, 30))
+    elif status == Status.POSTED:
+        claimed = decided + timedelta(minutes=rng.uniform(5, 30))
+        row.approved_at, row.approved_by, row.approved_via = decided, "owner", Channel.TELEGRAM
+        row.scheduled_at = row.claimed_at = claimed
+        row.publish_request_id = uuid.uuid4()
+        row.attempts = 0
+        row.reply_tweet_id = str(PREFILL_ID_BASE + 20_000_000 + index)
+        row.posted_at = row.updated_at = claimed + timedelta(seconds=rng.uniform(0.2, 2))
+    return row
+
+
+# --- counting ---------------------------------------------------------------------------------
+
+
+class _Counter:
+    """An ``execute_wrapper`` that tallies every query, by kind and by shape."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+
+    def __call__(
+        self,
+        execute: Callable[..., Any],
+        sql: str,
+        params: Any,
+        many: bool,
+        context: dict[str, Any],
+    ) -> Any:
+        tally = self.tally
+        tally.count += 1
+        upper = sql.lstrip().upper()
+        if upper.startswith("SELECT") and "FOR UPDATE" not in upper:
+            tally.reads += 1
+        if '"resilience_breaker"' in sql:
+            tally.breaker += 1
+        tally.shapes[_shape(sql)] += 1
+        return execute(sql, params, many, context)
+
+
+_COLUMNS = re.compile(r"^SELECT .*? FROM ", re.DOTALL)
+_SAVEPOINT = re.compile(r'"s\d+_x\d+"')
+_PARAMS = re.compile(r"%s(?:, %s)+|(?<=IN \()%s(?=\))")
+_ROWS = re.compile(r"\(%s, \.\.\.\)(?:, \(%s, \.\.\.\))+")
+
+
+def _shape(sql: str) -> str:
+    """The query without its column list and with parameter lists folded, to group by."""
+    shape = _COLUMNS.sub("SELECT ... FROM ", " ".join(sql.split()))
+    shape = _ROWS.sub("(%s, ...), ...", _PARAMS.sub("%s, ...", shape))
+    shape = _SAVEPOINT.sub('"savepoint"', shape)
+    return shape[:220]
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def _report(
+    counted: dict[int, Lifecycle], timed: dict[int, list[Lifecycle]], *, posts: int, repeats: int
+) -> dict[str, Any]:
+    from django.conf import settings
+
+    sizes = sorted(counted)
+    queries = {str(size): _queries(counted[size]) for size in sizes}
+    throughput = {str(size): _throughput(timed[size]) for size in sizes}
+    runs = [counted[size] for size in sizes] + [run for size in sizes for run in timed[size]]
+
+    def pipeline_total(size: int) -> float:
+        return queries[str(size)]["total"]["pipeline_per_tweet"]
+
+    growth = _growth(counted) if len(sizes) > 1 else {}
+    verdicts = {
+        "queries_per_tweet_flat": all(
+            pipeline_total(size) <= pipeline_total(sizes[0]) for size in sizes
+        ),
+        "every_post_answered_exactly_once": all(run.complete for run in runs),
+    }
+    return {
+        "environment": _environment(),
+        "settings": {
+            "posts": posts,
+            "queue_sizes": sizes,
+            "repeats": repeats,
+            "prefill_mix": dict(PREFILL_MIX),
+            "prefill_days": PREFILL_DAYS,
+            "pacing": PACING,
+            "debug": settings.DEBUG,
+            "snapshot_ttl": float(settings.RESILIENCE["SNAPSHOT_TTL"]),
+            "breaker_store": settings.RESILIENCE["STORE"],
+        },
+        "queries": queries,
+        "throughput": throughput,
+        "growth": growth,
+        "outcomes": [
+            {
+                "queue_size": run.queue_size,
+                "counted": run.counted,
+                "posted": run.posted,
+                "replies_on_x": run.replies,
+                "answered_twice": run.replied_twice,
+            }
+            for run in runs
+        ],
+        "verdicts": verdicts,
+    }
+
+
+def _queries(run: Lifecycle) -> dict[str, Any]:
+    stages: dict[str, Any] = {}
+    total = Tally()
+    for name, stage in run.stages.items():
+        tally = _tally(run, name)
+        total.count += tally.count
+        total.reads += tally.reads
+        total.breaker += tally.breaker
+        total.shapes.update(tally.shapes)
+        stages[name] = {
+            "passes": stage.passes,
+            **_per_tweet(tally, run.posts),
+            "top_shapes": tally.shapes.most_common(6),
+        }
+    return {"stages": stages, "total": _per_tweet(total, run.posts)}
+
+
+def _per_tweet(tally: Tally, posts: int) -> dict[str, Any]:
+    return {
+        "queries": tally.count,
+        "reads": tally.reads,
+        "writes": tally.count - tally.reads,
+        "breaker_reads": tally.breaker,
+        "per_tweet": tally.count / posts,
+        "pipeline_per_tweet": (tally.count - tally.breaker) / posts,
+        "breaker_per_tweet": tally.breaker / posts,
+    }
+
+
+def _throughput(runs: list[Lifecycle]) -> dict[str, Any]:
+    best = min(runs, key=lambda run: run.seconds)
+    return {
+        "runs_seconds": [run.seconds for run in runs],
+        "best_seconds": best.seconds,
+        "tweets_per_second": best.posts / best.seconds,
+        "stages": {
+            name: {"passes": stage.passes, "seconds": stage.seconds}
+            for name, stage in best.stages.items()
+        },
+    }
+
+
+def _growth(counted: dict[int, Lifecycle]) -> dict[str, list[dict[str, Any]]]:
+    """Query shapes whose count changes with the queue size, per stage (breaker reads aside)."""
+    sizes = sorted(counted)
+    found: dict[str, list[dict[str, Any]]] = {}
+    for name in counted[sizes[0]].stages:
+        tallies = [_tally(counted[size], name) for size in sizes]
+        shapes = sorted(set().union(*(tally.shapes for tally in tallies)))
+        for shape in shapes:
+            counts = [tally.shapes[shape] for tally in tallies]
+            if len(set(counts)) > 1 and '"resilience_breaker"' not in shape:
+                found.setdefault(name, []).append(
+                    {"shape": shape, "counts": dict(zip(map(str, sizes), counts, strict=True))}
+                )
+    return found
+
+
+def _tally(run: Lifecycle, stage: str) -> Tally:
+    tally = run.stages[stage].tally
+    if tally is None:
+        raise ValueError(f"the {stage} stage of this lifecycle was not counted")
+    return tally
+
+
+def _environment() -> dict[str, Any]:
+    import django
+    from django.db import connection
+
+    connection.ensure_connection()
+    if connection.vendor == "postgresql":
+        server = connection.pg_version
+        database = f"PostgreSQL {server // 10000}.{server % 10000}"
+    elif connection.vendor == "sqlite":
+        database = f"SQLite {connection.Database.sqlite_version}"
+    else:
+        database = connection.display_name
+    return {
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "database": database,
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "load_average": [round(load, 2) for load in os.getloadavg()],
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown"
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return platform.processor() or "unknown"
+
+
+def _render(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    if "refused" in report:
+        return f"Pipeline benchmark on {env['database']}: not run. {report['refused']}"
+    cfg, queries, speed = report["settings"], report["queries"], report["throughput"]
+    sizes = [str(size) for size in cfg["queue_sizes"]]
+    heads = "".join(f"{'queue ' + f'{int(size):,}':>14}" for size in sizes)
+    first = queries[sizes[0]]["stages"]
+    lines = [
+        f"Pipeline: queries per tweet and throughput on {env['database']}",
+        f"Python {env['python']}, Django {env['django']}, {env['cpus']} CPUs "
+        f"({env['cpu_model']}), load average {env['load_average'][0]}",
+        f"{cfg['posts']} new posts per batch from distinct authors, each @mentioning us; "
+        f"queue pre-filled with {' / '.join(f'{int(s):,}' for s in sizes)} unrelated rows; "
+        f"timing best of {cfg['repeats']}; DEBUG {cfg['debug']}; breaker store "
+        f"{cfg['breaker_store']}, snapshot_ttl {cfg['snapshot_ttl']} s",
+        "",
+        "Database queries per tweet (every query, connection.execute_wrapper)",
+        f"  {'stage':<20}{'passes':>7}{heads}",
+    ]
+    for name in first:
+        values = "".join(f"{queries[size]['stages'][name]['per_tweet']:>14.2f}" for size in sizes)
+        lines.append(f"  {name:<20}{first[name]['passes']:>7}{values}")
+    lines += [
+        f"  {'total':<27}"
+        + "".join(f"{queries[size]['total']['per_tweet']:>14.2f}" for size in sizes),
+        f"  {'  breaker reads':<27}"
+        + "".join(f"{queries[size]['total']['breaker_per_tweet']:>14.2f}" for size in sizes),
+        f"  {'  the pipeline':<27}"
+        + "".join(f"{queries[size]['total']['pipeline_per_tweet']:>14.2f}" for size in sizes),
+        f"  {'queries in all':<27}"
+        + "".join(f"{queries[size]['total']['queries']:>14,}" for size in sizes),
+        "",
+        "Wall time, one worker, zero-latency sandbox in this process (best run)",
+        f"  {'stage':<20}{'passes':>7}{heads}",
+    ]
+    best = {size: speed[size]["stages"] for size in sizes}
+    for name in best[sizes[0]]:
+        values = "".join(f"{best[size][name]['seconds']:>12.3f} s" for size in sizes)
+        lines.append(f"  {name:<20}{best[sizes[0]][name]['passes']:>7}{values}")
+    lines += [
+        f"  {'total':<27}" + "".join(f"{speed[s]['best_seconds']:>12.3f} s" for s in sizes),
+        f"  {'tweets/s':<27}" + "".join(f"{speed[s]['tweets_per_second']:>14.1f}" for s in sizes),
+    ]
+    lines += [
+        f"  every run at queue {int(s):,}: "
+        + ", ".join(f"{t:.2f}" for t in speed[s]["runs_seconds"])
+        + " s"
+        for s in sizes
+    ]
+    if report["growth"]:
+        lines += ["", "Query shapes whose count changes with the queue size"]
+        for stage, shapes in report["growth"].items():
+            for entry in shapes:
+                counts = ", ".join(f"{k}: {v}" for k, v in entry["counts"].items())
+                lines.append(f"  {stage}: {counts}  {entry['shape']}")
+    wrong = [
+        f"{o['posted']} posted, {o['replies_on_x']} replies, {o['answered_twice']} answered "
+        f"twice at queue {o['queue_size']:,}"
+        for o in report["outcomes"]
+        if o["posted"] != cfg["posts"] or o["replies_on_x"] != cfg["posts"] or o["answered_twice"]
+    ]
+    ok = report["verdicts"]
+    totals = ", ".join(
+        f"{queries[size]['total']['pipeline_per_tweet']:.2f} at {int(size):,} rows"
+        for size in sizes
+    )
+    lines += [
+        "",
+        "Targets",
+        _verdict(
+            ok["queries_per_tweet_flat"],
+            f"queries per tweet do not grow with the queue (breaker snapshot reads, "
+            f"which follow the clock, aside): {totals}",
+        ),
+        _verdict(
+            ok["every_post_answered_exactly_once"],
+            f"every post answered exactly once in all {len(report['outcomes'])} lifecycles"
+            + (f"; instead: {'; '.join(wrong)}" if wrong else ""),
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def _verdict(passed: bool, text: str) -> str:
+    return f"  {'PASS' if passed else 'FAIL'}  {text}"
+
+
+if __name__ == "__main__":
+    main()
