@@ -21,18 +21,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
-import shutil
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
+
+from bench.common import bench_environment, machine, positive
 
 # Our breaker with the store production uses by default. The names are distinct so
 # a run against a real database never meets a row a service owns; they are deleted
@@ -101,15 +98,8 @@ class Memory:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
-    scratch = _prepare_environment()
-    try:
+    with bench_environment():
         report = _run(calls=args.calls, repeats=args.repeats, memory_calls=args.memory_calls)
-    finally:
-        if scratch is not None:
-            from django.db import connections
-
-            connections.close_all()
-            shutil.rmtree(scratch, ignore_errors=True)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -122,42 +112,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Per-call cost of our circuit breaker against pybreaker and a bare call.",
     )
     parser.add_argument(
-        "--calls", type=_positive, default=200_000, help="calls per timing loop (200000)"
+        "--calls", type=positive, default=200_000, help="calls per timing loop (200000)"
     )
     parser.add_argument(
-        "--repeats", type=_positive, default=5, help="timing loops per variant; best kept (5)"
+        "--repeats", type=positive, default=5, help="timing loops per variant; best kept (5)"
     )
     parser.add_argument(
         "--memory-calls",
-        type=_positive,
+        type=positive,
         default=100_000,
         help="rejections traced for memory growth (100000)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     return parser.parse_args(argv)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _prepare_environment() -> Path | None:
-    """Point Django at the project settings; returns the scratch directory it made, if any."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "replyguy.settings")
-    # DEBUG off, as in production: with it on Django appends every query to
-    # connection.queries_log, which costs time and shows up as memory growth.
-    os.environ.setdefault("DEBUG", "false")
-    os.environ.setdefault("SECRET_KEY", "bench-only-not-secret")
-    # Tripping the breakers on purpose would log a warning each.
-    os.environ.setdefault("LOG_LEVEL", "ERROR")
-    if os.environ.get("DATABASE_URL", "").strip():
-        return None
-    scratch = Path(tempfile.mkdtemp(prefix="replyguy-bench-"))
-    os.environ["DATABASE_URL"] = f"sqlite:///{scratch / 'bench.sqlite3'}"
-    return scratch
 
 
 def _run(*, calls: int, repeats: int, memory_calls: int) -> dict[str, Any]:
@@ -396,37 +363,7 @@ class _QueryCounter:
 
 
 def _environment() -> dict[str, Any]:
-    import django
-    from django.db import connection
-
-    connection.ensure_connection()
-    if connection.vendor == "postgresql":
-        server = connection.pg_version
-        database = f"PostgreSQL {server // 10000}.{server % 10000}"
-    elif connection.vendor == "sqlite":
-        database = f"SQLite {connection.Database.sqlite_version}"
-    else:
-        database = connection.display_name
-    return {
-        "python": platform.python_version(),
-        "django": django.get_version(),
-        "pybreaker": version("pybreaker"),
-        "database": database,
-        "cpus": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or "unknown"
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
-    return platform.processor() or "unknown"
+    return {**machine(), "pybreaker": version("pybreaker")}
 
 
 def _render(report: dict[str, Any]) -> str:

@@ -33,12 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import re
-import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -46,8 +42,9 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from bench.common import bench_environment, machine, positive
 
 if TYPE_CHECKING:
     from bot.models import QueuedTweet
@@ -146,20 +143,13 @@ class Lifecycle:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
-    scratch = _prepare_environment()
-    try:
+    with bench_environment() as scratch:
         report = _run(
             posts=args.posts,
             queue_sizes=args.queue_sizes,
             repeats=args.repeats,
-            wipe=args.wipe or scratch is not None,
+            wipe=args.wipe or scratch,
         )
-    finally:
-        if scratch is not None:
-            from django.db import connections
-
-            connections.close_all()
-            shutil.rmtree(scratch, ignore_errors=True)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -185,7 +175,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--repeats",
-        type=_positive,
+        type=positive,
         default=DEFAULT_REPEATS,
         help=f"timed lifecycles per queue size; best kept ({DEFAULT_REPEATS})",
     )
@@ -198,15 +188,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _posts(text: str) -> int:
-    value = _positive(text)
+    value = positive(text)
     if value > MAX_POSTS:
         raise argparse.ArgumentTypeError(f"at most {MAX_POSTS}, got {value}")
     return value
@@ -220,21 +203,6 @@ def _sizes(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 0:
         raise argparse.ArgumentTypeError(f"need sizes of 0 or more, got {text!r}")
     return tuple(sorted(set(sizes)))
-
-
-def _prepare_environment() -> Path | None:
-    """Point Django at the project settings; returns the scratch directory it made, if any."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "replyguy.settings")
-    # DEBUG off, as in production: with it on Django keeps every query in
-    # connection.queries_log, which costs time.
-    os.environ.setdefault("DEBUG", "false")
-    os.environ.setdefault("SECRET_KEY", "bench-only-not-secret")
-    os.environ.setdefault("LOG_LEVEL", "ERROR")
-    if os.environ.get("DATABASE_URL", "").strip():
-        return None
-    scratch = Path(tempfile.mkdtemp(prefix="replyguy-bench-"))
-    os.environ["DATABASE_URL"] = f"sqlite:///{scratch / 'bench.sqlite3'}"
-    return scratch
 
 
 def _run(*, posts: int, queue_sizes: tuple[int, ...], repeats: int, wipe: bool) -> dict[str, Any]:
@@ -658,37 +626,7 @@ def _tally(run: Lifecycle, stage: str) -> Tally:
 
 
 def _environment() -> dict[str, Any]:
-    import django
-    from django.db import connection
-
-    connection.ensure_connection()
-    if connection.vendor == "postgresql":
-        server = connection.pg_version
-        database = f"PostgreSQL {server // 10000}.{server % 10000}"
-    elif connection.vendor == "sqlite":
-        database = f"SQLite {connection.Database.sqlite_version}"
-    else:
-        database = connection.display_name
-    return {
-        "python": platform.python_version(),
-        "django": django.get_version(),
-        "database": database,
-        "cpus": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "load_average": [round(load, 2) for load in os.getloadavg()],
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or "unknown"
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
-    return platform.processor() or "unknown"
+    return machine()
 
 
 def _render(report: dict[str, Any]) -> str:
