@@ -26,6 +26,7 @@ class ServiceError(Exception):
 
     ``retry_at`` (Unix seconds) is set when the service said when to come back, for
     example a rate-limit reset; a breaker that counts this error stays open until then.
+    ``reason`` names a cause the caller acts on, so nobody parses messages.
     """
 
     def __init__(
@@ -36,12 +37,15 @@ class ServiceError(Exception):
         service: str = "",
         status: int | None = None,
         retry_at: float | None = None,
+        reason: str = "",
     ) -> None:
         super().__init__(message)
         self.kind = ErrorKind(kind)
         self.service = service
         self.status = status
         self.retry_at = retry_at
+        # A short machine-readable cause the caller may act on ("duplicate", "target_gone").
+        self.reason = reason
 
     @property
     def retry_after(self) -> float | None:

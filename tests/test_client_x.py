@@ -222,7 +222,7 @@ def test_reply_to_a_deleted_post_is_permanent(app, x):
     target = app.publish("alice", "@replyguy soon gone")
     app.delete(target)
     error = kind_of(lambda: x.create_reply(in_reply_to=target, text="hello"))
-    assert (error.kind, error.status) == (ErrorKind.PERMANENT, 403)
+    assert (error.kind, error.status, error.reason) == (ErrorKind.PERMANENT, 403, "target_gone")
 
 
 def test_duplicate_content_is_ambiguous(app, x):
@@ -230,7 +230,7 @@ def test_duplicate_content_is_ambiguous(app, x):
     second = app.publish("alice", "@replyguy two")
     x.create_reply(in_reply_to=first, text="same answer")
     error = kind_of(lambda: x.create_reply(in_reply_to=second, text="same answer"))
-    assert (error.kind, error.status) == (ErrorKind.AMBIGUOUS, 403)
+    assert (error.kind, error.status, error.reason) == (ErrorKind.AMBIGUOUS, 403, "duplicate")
 
 
 def test_bad_requests_are_permanent(app, x):

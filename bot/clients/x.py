@@ -57,6 +57,10 @@ USER_FIELDS = ["id", "name", "username"]
 # Markers of X's 403 answers, matched in ``detail``/messages (X's wording varies a little).
 DUPLICATE_MARKERS = ("duplicate content", "status is a duplicate")
 REPLY_RULE_MARKERS = ("reply to this conversation is not allowed",)
+TARGET_GONE_MARKERS = ("deleted or not visible",)
+# ClientError.reason values the pipeline acts on.
+DUPLICATE = "duplicate"
+TARGET_GONE = "target_gone"
 DUPLICATE_CODE = 187  # the v1-style body's code for a duplicate
 # 403 problem types that mean our credentials or app setup, not the item, are wrong.
 CREDENTIAL_PROBLEMS = ("unsupported-authentication", "client-forbidden")
@@ -451,8 +455,12 @@ def _http_error(response: requests.Response, *, write: bool) -> ClientError:
     body = _json_or_none(response)
     detail = _detail(body) or f"HTTP {status} {response.reason}"
 
-    def error(kind: ErrorKind, message: str = detail, retry_at: float | None = None) -> ClientError:
-        return ClientError(message, kind=kind, service=SERVICE, status=status, retry_at=retry_at)
+    def error(
+        kind: ErrorKind, message: str = detail, retry_at: float | None = None, reason: str = ""
+    ) -> ClientError:
+        return ClientError(
+            message, kind=kind, service=SERVICE, status=status, retry_at=retry_at, reason=reason
+        )
 
     if status == 429:
         cap_end = _usage_cap_end(body)
@@ -478,9 +486,11 @@ def _forbidden(
     codes = [e.get("code") for e in (body or {}).get("errors", []) if isinstance(e, dict)]
     if any(marker in lowered for marker in DUPLICATE_MARKERS) or DUPLICATE_CODE in codes:
         # X says we already posted this text: perhaps this very reply. Reconcile.
-        return error(ErrorKind.AMBIGUOUS, f"duplicate content: {detail}")
+        return error(ErrorKind.AMBIGUOUS, f"duplicate content: {detail}", reason=DUPLICATE)
     if any(marker in lowered for marker in REPLY_RULE_MARKERS):
         return error(ErrorKind.NOT_PERMITTED, f"reply not allowed by X: {detail}")
+    if any(marker in lowered for marker in TARGET_GONE_MARKERS):
+        return error(ErrorKind.PERMANENT, reason=TARGET_GONE)
     problem = str((body or {}).get("type", ""))
     if problem.endswith(CREDENTIAL_PROBLEMS):
         return error(ErrorKind.TRANSIENT, f"X refused our app or credentials: {detail}")

@@ -97,6 +97,7 @@ def reply_draft(tweet: QueuedTweet, llm: LLMClient, *, now: datetime | None = No
         draft_attempts=tweet.draft_attempts + 1,
         last_error="",
         last_error_kind="",
+        last_error_reason="",
         lease_until=None,
     )
     if moved:

@@ -19,6 +19,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from bot.clients.errors import ClientError, ErrorKind
+from bot.clients.x import DUPLICATE, TARGET_GONE
 from bot.models import (
     Channel,
     Cursor,
@@ -203,6 +204,7 @@ def _wait_for_service(tweet: QueuedTweet, now: datetime, until: datetime, error:
         next_attempt_at=max(until, now),
         last_error=error,
         last_error_kind=ErrorKind.TRANSIENT,
+        last_error_reason="",
         **UNCLAIMED,
     )
     return Status.APPROVED
@@ -210,11 +212,12 @@ def _wait_for_service(tweet: QueuedTweet, now: datetime, until: datetime, error:
 
 def _item_failure(tweet: QueuedTweet, now: datetime, exc: ClientError) -> Status:
     attempts = tweet.attempts + 1
-    target_gone = exc.status == 404 or "deleted" in str(exc).lower()
+    target_gone = exc.status == 404 or exc.reason == TARGET_GONE
     common = {
         "attempts": attempts,
         "last_error": str(exc),
         "last_error_kind": exc.kind,
+        "last_error_reason": exc.reason,
         **UNCLAIMED,
     }
     if target_gone or attempts >= MAX_PUBLISH_ATTEMPTS:
@@ -233,7 +236,11 @@ def _item_failure(tweet: QueuedTweet, now: datetime, exc: ClientError) -> Status
 
 
 def _from_publishing(tweet: QueuedTweet, to: Status, exc: ClientError) -> None:
-    fields: dict[str, object] = {"last_error": str(exc), "last_error_kind": exc.kind}
+    fields: dict[str, object] = {
+        "last_error": str(exc),
+        "last_error_kind": exc.kind,
+        "last_error_reason": exc.reason,
+    }
     if to is Status.HANDOFF:
         fields.update(UNCLAIMED)
     transition(tweet.id, expected=Status.PUBLISHING, to=to, **fields)
@@ -253,6 +260,7 @@ def _mark_posted(tweet: QueuedTweet, reply_id: str, now: datetime) -> Status:
         lease_until=None,
         last_error="",
         last_error_kind="",
+        last_error_reason="",
         updated_at=now,
     )
     if not moved:
@@ -377,6 +385,7 @@ def _settle_posted(
             lease_until=None,
             last_error="",
             last_error_kind="",
+            last_error_reason="",
         )
         if moved and channel is not None:
             Decision.objects.create(
@@ -398,7 +407,7 @@ def _requeue_unknown(tweet: QueuedTweet, now: datetime) -> str:
     X opens the breaker, which stops the round trips). The request id stays, so a
     late answer to the old request still settles the row.
     """
-    if "duplicate content" in tweet.last_error.lower():
+    if tweet.last_error_reason == DUPLICATE:
         # X refused the text as a copy of another of our replies: sending it again can
         # never work. The draft stage's dead-letter retry writes a new one for approval.
         error = (
@@ -413,6 +422,7 @@ def _requeue_unknown(tweet: QueuedTweet, now: datetime) -> str:
                 to=Status.FAILED,
                 last_error=error,
                 last_error_kind=ErrorKind.PERMANENT,
+                last_error_reason="",
                 **UNCLAIMED,
             )
             if failed:
