@@ -11,7 +11,26 @@ from __future__ import annotations
 import enum
 import time
 
-__all__ = ["CircuitOpenError", "ErrorKind", "RetryLater", "ServiceError", "is_service_failure"]
+__all__ = [
+    "CIRCUIT_OPEN",
+    "CONFIGURATION",
+    "RATE_LIMITED",
+    "CircuitOpenError",
+    "ErrorKind",
+    "RetryLater",
+    "ServiceError",
+    "is_service_failure",
+]
+
+# ``ServiceError.reason`` values the resilience layer itself understands.
+# A limit on one endpoint (HTTP 429 with a reset): the caller holds that endpoint until
+# ``retry_at``; the service as a whole is fine, so no breaker counts it.
+RATE_LIMITED = "rate_limited"
+# The service refuses our setup (credentials, permissions, model name): every item would
+# fail alike. Transient, with a ``retry_at``, so the breaker opens at once and stays open.
+CONFIGURATION = "configuration"
+# A breaker refused the call without making it.
+CIRCUIT_OPEN = "circuit_open"
 
 
 class ErrorKind(enum.StrEnum):
@@ -67,32 +86,44 @@ def is_service_failure(exc: BaseException) -> bool:
     sending, a 5xx page instead of a reply) says the service is unwell too, whatever
     became of the request; an ambiguous 4xx (X's duplicate-content 403) does not.
     """
-    if not isinstance(exc, ServiceError):
+    if not isinstance(exc, ServiceError) or exc.reason in (RATE_LIMITED, CIRCUIT_OPEN):
         return False
     if exc.kind is ErrorKind.AMBIGUOUS:
         return exc.status is None or exc.status >= 500
     return exc.kind is ErrorKind.TRANSIENT
 
 
-class CircuitOpenError(Exception):
-    """A call was refused because its breaker is open.
+class CircuitOpenError(ServiceError):
+    """A call was refused because its breaker is open: a transient ``ServiceError``.
 
-    ``retry_after`` is the number of seconds until the breaker may admit a call again,
-    or None when an operator holds it open.
+    Callers catch one type: a refusal is the service being unavailable, with
+    ``retry_at`` set to when the breaker may admit a call again (None while an
+    operator holds it open). ``retry_after`` gives the same in seconds from now.
     """
 
     def __init__(self, name: str, state: str, retry_after: float | None) -> None:
-        # Refusals are the hot path of an open breaker: the message is built only if shown.
-        super().__init__(name, state, retry_after)
+        # Refusals are the hot path of an open breaker: no message is built until shown,
+        # and ServiceError's checks are skipped (every field is known here).
+        Exception.__init__(self, name, state, retry_after)
+        self.kind = ErrorKind.TRANSIENT
+        self.service = name
+        self.status = None
+        self.reason = CIRCUIT_OPEN
+        self.retry_at = None if retry_after is None else time.time() + retry_after
         self.name = name
         self.state = state
-        self.retry_after = retry_after
+        self._retry_after = retry_after
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds from the refusal until the breaker may admit a call, by its own clock."""
+        return self._retry_after
 
     def __str__(self) -> str:
-        if self.retry_after is None:
+        if self._retry_after is None:
             when = "until an operator closes it"
         else:
-            when = f"for {self.retry_after:.0f} s"
+            when = f"for {self._retry_after:.0f} s"
         return f"circuit {self.name!r} is {self.state}: calls refused {when}"
 
 
