@@ -296,7 +296,9 @@ def _stages(batch: list[str]) -> list[tuple[str, Callable[[], int]]]:
         )
         for tweet_id in waiting:
             tweet = QueuedTweet.objects.get(id=tweet_id)
-            reply_approve(tweet, actor="owner", channel=Channel.TELEGRAM)
+            reply_approve(
+                tweet, actor="owner", channel=Channel.TELEGRAM, version=tweet.draft_version
+            )
         return 1
 
     stages: list[tuple[str, Callable[[], int]]] = []

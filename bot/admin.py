@@ -21,7 +21,8 @@ from bot.models import (
     Status,
     TargetAccount,
 )
-from bot.services import queue, review
+from bot.replies import LINK_COST_NOTE, links_in
+from bot.services import dead_letters, review
 from bot.services.publishing import handoff_link
 
 admin.site.site_header = "Reply Guy"
@@ -62,8 +63,12 @@ class ReviewForm(forms.ModelForm):
     reply_text = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4, "cols": 80}),
         required=False,
-        help_text="Edit before approving if you like; it is checked like a model's draft.",
+        strip=False,
+        help_text="Edit before approving if you like; it is posted exactly as typed.",
     )
+    # The draft version this page showed: approving names it, so a draft rewritten
+    # after the page was loaded is never approved by this press.
+    shown_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
 
     class Meta:
         model = QueuedTweet
@@ -100,7 +105,7 @@ class QueuedTweetAdmin(admin.ModelAdmin):
             "last_error", "last_error_kind",
         ]  # fmt: skip
         if obj is not None and obj.status == Status.PENDING:
-            fields.insert(6, "reply_text")
+            fields[6:6] = ["reply_text", "shown_version"]
         return fields
 
     def get_form(
@@ -109,14 +114,27 @@ class QueuedTweetAdmin(admin.ModelAdmin):
         form = super().get_form(request, obj, **kwargs)
         if obj is not None and "reply_text" in form.base_fields:
             form.base_fields["reply_text"].initial = obj.draft
+            form.base_fields["shown_version"].initial = obj.draft_version
         return form
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The row is the record of what we found, decided and posted (and its unique
+        # post id is what stops a second reply): it is never deleted, only rejected.
+        return False
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     @admin.display(description="draft")
     def short_draft(self, obj: QueuedTweet) -> str:
-        return obj.draft[:60]
+        # The version shown rides along with the bulk actions' form: "Approve the
+        # selected" approves exactly the drafts this page displayed.
+        return format_html(
+            '{}<input type="hidden" name="shown_version_{}" value="{}">',
+            obj.draft[:60],
+            obj.pk,
+            obj.draft_version,
+        )
 
     @admin.display(description="post on X")
     def post_link(self, obj: QueuedTweet) -> str:
@@ -136,9 +154,16 @@ class QueuedTweetAdmin(admin.ModelAdmin):
         actor = request.user.get_username()
         try:
             if "_approve" in request.POST:
+                version = form.cleaned_data.get("shown_version")
+                if version is None:
+                    raise review.ReviewError("Approve from the page that shows the draft.")
                 text = form.cleaned_data.get("reply_text") or None
-                review.reply_approve(obj, actor=actor, channel=Channel.ADMIN, text=text)
+                review.reply_approve(
+                    obj, actor=actor, channel=Channel.ADMIN, version=version, text=text
+                )
                 messages.success(request, "Approved; it is scheduled for publishing.")
+                if links_in(obj.draft):
+                    messages.warning(request, LINK_COST_NOTE)
             elif "_regenerate" in request.POST:
                 review.reply_regenerate(obj, actor=actor, channel=Channel.ADMIN)
                 messages.success(request, "A new draft will be written shortly.")
@@ -174,7 +199,17 @@ class QueuedTweetAdmin(admin.ModelAdmin):
 
     @admin.action(description="Approve the selected drafts as they are")
     def approve_selected(self, request: HttpRequest, queryset: QuerySet[QueuedTweet]) -> None:
-        self._bulk(request, queryset, review.reply_approve, "Approved")
+        def approve_as_shown(tweet: QueuedTweet, **decision: Any) -> None:
+            shown = request.POST.get(f"shown_version_{tweet.pk}", "")
+            if not shown.isdigit():
+                # "Select all" reaches rows this page never displayed.
+                raise review.ReviewError(
+                    f"The draft for {tweet.url} was not on the page you approved from; "
+                    "nothing was approved. Open it, or select it on a page that shows it."
+                )
+            review.reply_approve(tweet, version=int(shown), **decision)
+
+        self._bulk(request, queryset, approve_as_shown, "Approved")
 
     @admin.action(description="Reject the selected posts")
     def reject_selected(self, request: HttpRequest, queryset: QuerySet[QueuedTweet]) -> None:
@@ -205,6 +240,9 @@ class FailedTweetAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # discarding keeps the row and says who and why
+
     @admin.display(description="error")
     def short_error(self, obj: FailedTweet) -> str:
         return obj.error[:80]
@@ -213,7 +251,9 @@ class FailedTweetAdmin(admin.ModelAdmin):
     def discard_selected(self, request: HttpRequest, queryset: QuerySet[FailedTweet]) -> None:
         actor = request.user.get_username()
         done = sum(
-            queue.dead_letter_discard(f, actor=actor, reason=f"discarded by {actor} in the admin")
+            dead_letters.dead_letter_discard(
+                f, actor=actor, reason=f"discarded by {actor} in the admin"
+            )
             for f in queryset
         )
         messages.success(request, f"Discarded: {done}.")

@@ -73,10 +73,18 @@ class OptedOutAuthor(models.Model):
 
 
 class Cursor(models.Model):
-    """How far a source has been read (X's ``since_id``, exclusive)."""
+    """How far a source has been read (X's ``since_id``, exclusive).
+
+    A read that stopped part way (X failed on a later page) leaves a gap: posts above
+    ``since_id`` and below ``until_id`` are still unread, those from ``until_id`` up to
+    ``top_id`` are read. The next read fills the gap first, so the cursor never moves
+    past a post it has not read and no post is read (and paid for) twice.
+    """
 
     source = models.CharField(max_length=80, unique=True)
     since_id = models.CharField(max_length=32, blank=True)
+    until_id = models.CharField(max_length=32, blank=True)
+    top_id = models.CharField(max_length=32, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -84,11 +92,15 @@ class Cursor(models.Model):
 
 
 class OurReply(models.Model):
-    """A reply of ours seen on our timeline: read once (X bills every read), matched later."""
+    """A reply of ours, published by us or seen on our timeline (the owner's by hand too).
+
+    Read once (X bills every read) and matched later: "have we answered this post?"
+    """
 
     reply_id = models.CharField(max_length=32, unique=True)
     in_reply_to_id = models.CharField(max_length=32, db_index=True)
-    seen_at = models.DateTimeField(auto_now_add=True)
+    text = models.TextField(blank=True)
+    seen_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         verbose_name_plural = "our replies"
@@ -138,7 +150,8 @@ class QueuedTweet(models.Model):
 
     target_tweet_id = models.CharField(max_length=32, unique=True)
     author_id = models.CharField(max_length=32)
-    author_username = models.CharField(max_length=15)
+    # X allows 15 characters today; what X sends is kept as it is, never refused.
+    author_username = models.CharField(max_length=100)
     text = models.TextField()
     tweet_created_at = models.DateTimeField()
     source = models.CharField(max_length=10, choices=Source.choices)
@@ -152,6 +165,9 @@ class QueuedTweet(models.Model):
     draft = models.TextField(blank=True)
     variants = models.JSONField(default=list, blank=True)
     draft_attempts = models.PositiveSmallIntegerField(default=0)
+    # Counts every new draft: an approval names the version it was shown, so a draft
+    # that changed since (regenerated, redrafted) cannot be approved by that press.
+    draft_version = models.PositiveIntegerField(default=0)
 
     approved_at = models.DateTimeField(null=True, blank=True)
     approved_by = models.CharField(max_length=150, blank=True)
@@ -163,6 +179,9 @@ class QueuedTweet(models.Model):
     lease_until = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # The last time this reply was sent to X. A row that was ever sent may exist on X
+    # whatever its status, so reconcile keeps looking for it until it is settled.
+    sent_at = models.DateTimeField(null=True, blank=True)
     reply_tweet_id = models.CharField(max_length=32, blank=True)
     posted_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
@@ -182,6 +201,7 @@ class QueuedTweet(models.Model):
             models.Index(fields=["status", "lease_until"]),
             models.Index(fields=["status", "claimed_at"]),
             models.Index(fields=["author_id", "claimed_at"]),
+            models.Index(fields=["status", "sent_at"]),
         ]
         constraints = [
             # Invariant 1, held by the database: nothing publishable without an approval.
@@ -248,11 +268,14 @@ class Decision(models.Model):
         REJECT = "reject", "Rejected"
         DISCARD = "discard", "Discarded a failure"
         MARK_POSTED = "mark_posted", "Marked posted"
+        SKIP = "skip", "Not sent"
+        EXPIRE = "expire", "Expired"
+        FOUND_LIVE = "found_live", "Found live on X"
 
     queued_tweet = models.ForeignKey(
         QueuedTweet, on_delete=models.CASCADE, related_name="decisions"
     )
-    action = models.CharField(max_length=12, choices=Action.choices)
+    action = models.CharField(max_length=16, choices=Action.choices)
     actor = models.CharField(max_length=150)
     channel = models.CharField(max_length=10, choices=Channel.choices)
     text_before = models.TextField(blank=True)

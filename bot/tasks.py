@@ -11,9 +11,9 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
-from bot.services import discovery, drafting, publishing, queue
+from bot.services import dead_letters, discovery, drafting, publishing, reconciling, scheduling
 from bot.services.account import remembered_account
 from resilience.db import with_db_recovery
 
@@ -28,22 +28,21 @@ def configured_x(stage: str) -> XClient | None:
     """The X client, or None (logged) when X's credentials are not set yet."""
     from bot.clients.x import XClient
 
-    needed = ["X_API_KEY", "X_API_SECRET", "X_ACCESS_TOKEN", "X_ACCESS_TOKEN_SECRET"]
-    return _configured(lambda: XClient.from_settings(me=remembered_account()), needed, stage)
+    return _configured(lambda: XClient.from_settings(me=remembered_account()), stage)
 
 
 def configured_llm(stage: str) -> LLMClient | None:
     from bot.clients.llm import LLMClient
 
-    return _configured(LLMClient.from_settings, ["OPENAI_API_KEY"], stage)
+    return _configured(LLMClient.from_settings, stage)
 
 
-def _configured(build: Callable[[], Any], needed: list[str], stage: str) -> Any | None:
-    missing = [name for name in needed if not getattr(settings, name)]
-    if missing:
-        log.warning("%s skipped: set %s", stage, ", ".join(missing))
+def _configured(build: Callable[[], Any], stage: str) -> Any | None:
+    try:
+        return build()
+    except ImproperlyConfigured as exc:
+        log.warning("%s skipped: %s", stage, exc)
         return None
-    return build()
 
 
 @with_db_recovery
@@ -62,12 +61,12 @@ def draft() -> dict[str, int]:
 
 @with_db_recovery
 def schedule() -> dict[str, int]:
-    return {"scheduled": publishing.schedule_approved()}
+    return {"scheduled": scheduling.schedule_approved()}
 
 
 @with_db_recovery
 def publish() -> dict[str, int]:
-    recovered = len(publishing.recover_stale())
+    recovered = len(reconciling.recover_stale())
     handed_off = publishing.hand_off_due()  # needs no X credentials
     x = configured_x("publish")
     counts = publishing.publish_due(x) if x else {}
@@ -77,12 +76,12 @@ def publish() -> dict[str, int]:
 @with_db_recovery
 def reconcile() -> dict[str, int]:
     x = configured_x("reconcile")
-    return publishing.reconcile(x) if x else {}
+    return reconciling.reconcile(x) if x else {}
 
 
 @with_db_recovery
 def retry_dead_letters() -> dict[str, int]:
-    return {"retried": queue.dead_letter_retry_due()}
+    return {"retried": dead_letters.dead_letter_retry_due()}
 
 
 # The order of one full pass (`manage.py run_pipeline --once`).

@@ -234,8 +234,25 @@ PERSONA = env_str(
 )
 TOPIC_KEYWORDS = env_list("TOPIC_KEYWORDS")
 RELEVANCE_THRESHOLD = env_float("RELEVANCE_THRESHOLD", 0.0, minimum=0, maximum=1)
+if RELEVANCE_THRESHOLD > 0 and not TOPIC_KEYWORDS:
+    raise ImproperlyConfigured(
+        "RELEVANCE_THRESHOLD needs TOPIC_KEYWORDS (the topics to score posts against): "
+        "set TOPIC_KEYWORDS, or RELEVANCE_THRESHOLD=0 to draft for every post"
+    )
 MAX_POST_AGE_HOURS = env_int("MAX_POST_AGE_HOURS", 24, minimum=1)
+# An approved reply whose post has grown older than this when its turn comes (after a
+# long outage, say) is not sent: it expires, and the owner sees why.
+MAX_REPLY_AGE_HOURS = env_int("MAX_REPLY_AGE_HOURS", 48, minimum=1)
+if MAX_REPLY_AGE_HOURS < MAX_POST_AGE_HOURS:
+    raise ImproperlyConfigured(
+        "MAX_REPLY_AGE_HOURS must be at least MAX_POST_AGE_HOURS (a post is drafted only "
+        "while younger than MAX_POST_AGE_HOURS, then still needs time to be approved and sent)"
+    )
 DRAFT_VARIANTS = env_int("DRAFT_VARIANTS", 1, minimum=1, maximum=5)
+# X bills a post with a link $0.20 instead of $0.015, and prompt-injected posts ask for
+# links: model drafts with a link are refused unless this is on. The owner's own edit
+# may keep one (the admin shows the cost).
+ALLOW_LINKS_IN_REPLIES = env_bool("ALLOW_LINKS_IN_REPLIES", False)
 
 # --- Internationalisation ---------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

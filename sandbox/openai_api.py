@@ -9,6 +9,13 @@ assert on replies, and it can be told to misbehave the ways real models do:
   characters); ``quoted`` (the reply wrapped in quotes or behind a ``Reply:`` label);
   ``non_json`` (prose even when a JSON schema was asked for); ``truncated`` (cut off
   mid-string with ``finish_reason`` ``length``); ``refusal`` (a safety refusal);
+  ``lone_surrogate`` (half an emoji, a lone high surrogate, after each reply: sent as a
+  ``\ud83d`` escape, so the client decodes it into a str no codec can encode; inside
+  a JSON answer the escape is in the model's own JSON text); ``nul`` (a NUL character
+  inside each reply);
+- ``unknown_model_style``: how a chat completion for a model not in ``models`` is
+  refused: ``openai`` (404 ``model_not_found``, as OpenAI, Groq and vLLM do) or
+  ``openrouter`` (400 ``"<model> is not a valid model ID"``);
 - ``json_schema_supported = False``: refuse ``response_format`` ``json_schema`` with a
   400, as older models and some local servers do;
 - ``api_key``: when set, only that bearer token is accepted (any key otherwise);
@@ -33,10 +40,21 @@ from typing import Any
 from sandbox.faults import Fault
 from sandbox.http import App, Request, Response, json_response
 
-__all__ = ["DEFAULT_MODELS", "OUTPUT_MODES", "OpenAIApp"]
+__all__ = ["DEFAULT_MODELS", "OUTPUT_MODES", "UNKNOWN_MODEL_STYLES", "OpenAIApp"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "sandbox-model")
-OUTPUT_MODES = ("normal", "empty", "overlong", "quoted", "non_json", "truncated", "refusal")
+OUTPUT_MODES = (
+    "normal",
+    "empty",
+    "overlong",
+    "quoted",
+    "non_json",
+    "truncated",
+    "refusal",
+    "lone_surrogate",
+    "nul",
+)
+UNKNOWN_MODEL_STYLES = ("openai", "openrouter")
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _MODEL_CREATED = 1_721_172_741
@@ -69,6 +87,7 @@ _FILLER = (
 )
 _QUOTES = ('"{}"', "\u201c{}\u201d", 'Reply: "{}"', "'{}'")
 _REFUSAL = "I'm sorry, but I can't help with that request."
+_HALF_EMOJI = "\ud83d"  # the first half of U+1F600's UTF-16 pair, as a cut-off token leaves it
 
 
 class OpenAIApp(App):
@@ -115,6 +134,7 @@ class OpenAIApp(App):
         self.json_schema_supported = True
         self.scripted_replies: list[str] = []
         self.score: float | None = None
+        self.unknown_model_style = "openai"
 
     # --- App hooks ------------------------------------------------------------------------
 
@@ -178,12 +198,13 @@ class OpenAIApp(App):
                 "api_key_required": self.api_key is not None,  # never the key itself
                 "scripted_replies": list(self.scripted_replies),
                 "score": self.score,
+                "unknown_model_style": self.unknown_model_style,
                 "completions": [dict(body) for body in self.completions],
             }
 
     def seed_state(self, data: dict[str, Any]) -> None:
         """Set any of ``models``, ``output_mode``, ``json_schema_supported``,
-        ``api_key``, ``scripted_replies``, ``score``."""
+        ``api_key``, ``scripted_replies``, ``score``, ``unknown_model_style``."""
         unknown = set(data) - {
             "models",
             "output_mode",
@@ -191,14 +212,21 @@ class OpenAIApp(App):
             "api_key",
             "scripted_replies",
             "score",
+            "unknown_model_style",
         }
         if unknown:
             raise ValueError(f"cannot seed {', '.join(sorted(unknown))}")
         mode = data.get("output_mode", self.output_mode)
         if mode not in OUTPUT_MODES:
             raise ValueError(f"unknown output_mode {mode!r}: one of {', '.join(OUTPUT_MODES)}")
+        style = data.get("unknown_model_style", self.unknown_model_style)
+        if style not in UNKNOWN_MODEL_STYLES:
+            raise ValueError(
+                f"unknown unknown_model_style {style!r}: one of {', '.join(UNKNOWN_MODEL_STYLES)}"
+            )
         with self.lock:
             self.output_mode = mode
+            self.unknown_model_style = style
             if "models" in data:
                 self.models = [str(model) for model in data["models"]]
             if "json_schema_supported" in data:
@@ -312,6 +340,11 @@ class OpenAIApp(App):
         if format_problem is not None:
             return format_problem
         if model not in self.models:  # after the body checks, as OpenAI orders them
+            if self.unknown_model_style == "openrouter":
+                # OpenRouter's body: no type or param, and the status repeated as the code.
+                return json_response(
+                    {"error": {"message": f"{model} is not a valid model ID", "code": 400}}, 400
+                )
             return _model_not_found(str(model))
         return None
 
@@ -454,7 +487,8 @@ class OpenAIApp(App):
             return content, "stop", None
         if mode == "non_json":
             return _prose(value), "stop", None
-        content = json.dumps(value, ensure_ascii=False)
+        # A model escaping non-ASCII writes half an emoji as a "\ud83d" escape in its JSON.
+        content = json.dumps(value, ensure_ascii=mode == "lone_surrogate")
         if mode == "truncated":
             return _cut_mid_string(content), "length", None
         return content, "stop", None
@@ -510,6 +544,10 @@ class _Writer:
             text += _FILLER.format(a=a, b=b) * 2
         if self.mode == "quoted":
             text = _QUOTES[digest % len(_QUOTES)].format(text)
+        if self.mode == "lone_surrogate":
+            text += " " + _HALF_EMOJI
+        if self.mode == "nul":
+            text = text.replace(" ", " \x00", 1)
         return text
 
     def _pick(self, digest: int) -> tuple[str, str]:

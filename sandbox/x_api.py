@@ -12,11 +12,12 @@ route name                    request                           auth
 ``user_tweets``               GET /2/users/{id}/tweets          bearer or OAuth 1.0a
 ``user_mentions``             GET /2/users/{id}/mentions        bearer or OAuth 1.0a
 ``search_recent``             GET /2/tweets/search/recent       bearer or OAuth 1.0a
+``tweet_lookup``              GET /2/tweets/{id}                bearer or OAuth 1.0a
 ``create_tweet``              POST /2/tweets                    OAuth 1.0a only
 ``delete_tweet``              DELETE /2/tweets/{id}             OAuth 1.0a only
 ============================  ================================  ===========================
 
-What it holds to, as X does (see /work/shared/reference/x-api-2026.md):
+What it holds to, as X does in 2026:
 
 - Auth: ``Authorization: Bearer <token>`` or OAuth 1.0a (consumer key, token and the
   HMAC-SHA1 signature are checked; tweepy signs ``https://api.twitter.com/...`` and the
@@ -35,9 +36,29 @@ What it holds to, as X does (see /work/shared/reference/x-api-2026.md):
   nothing matches. Recent search covers 7 days and understands plain terms (AND-ed),
   "quoted phrases", ``from:``, ``to:``, ``@user``, ``#tag``, ``is:retweet``, ``is:reply``,
   ``is:quote``, ``conversation_id:``, ``-`` negation, ``OR`` and parentheses.
+- Post lookup: ``{"data": ...}`` for a post that exists; X's 200 with only a
+  ``resource-not-found`` error for a deleted or unknown one.
 - Posting: the 2026 reply rule (a reply needs the target to @mention our account or
   quote one of our posts, unless ``app.exempt``), X's 403 wording for rule refusals,
   deleted targets and duplicate content, and a 400 past 280 weighted characters.
+
+Switches for refused setups, each answered with X's own body (all reset by ``reset()``,
+shown by ``snapshot()`` and settable through ``seed_state()``, i.e. ``/_sandbox/seed``):
+
+- ``app.read_only = True``: the app has Read permission only, so writes (``POST`` and
+  ``DELETE /2/tweets``) in user context answer the 403 ``oauth1-permissions`` problem;
+- ``app.account_state = "suspended" | "locked"`` (default ``"active"``): every
+  user-context call answers X's v1-style 403 for it (code 64 or 326); bearer calls,
+  which act as no account, go on working;
+- ``app.enrolled = False``: the app is not attached to a Project, so every call answers
+  the 403 ``client-forbidden`` problem;
+- ``app.user_context_only = {"search_recent", ...}``: routes that, as X sometimes
+  decides, refuse app-only (bearer) auth with the 403 ``unsupported-authentication``
+  problem, like ``me`` and the writes always do.
+
+Read accounting: ``app.posts_returned`` counts the posts each route put in ``data``
+(``{"search_recent": 120, ...}``), for a benchmark's posts-read-per-pass figure; it is
+in ``snapshot()`` and zeroed by ``reset()`` (never seeded).
 
 Like X's composer, ``publish()`` starts a reply from another account with ``@author``
 when the text does not already mention them, so the author sees it in their mentions.
@@ -68,6 +89,7 @@ from sandbox.faults import Fault
 from sandbox.http import App, Request, Response, json_response
 
 __all__ = [
+    "ACCOUNT_STATES",
     "DEFAULT_LIMITS",
     "OUR_USERNAME",
     "OUR_USER_ID",
@@ -104,6 +126,7 @@ DEFAULT_LIMITS: dict[str, dict[str, int]] = {
     "user_tweets": {"user": 900, "app": 900},
     "user_mentions": {"user": 300, "app": 300},
     "search_recent": {"user": 300, "app": 450},
+    "tweet_lookup": {"user": 900, "app": 450},
     "create_tweet": {"user": 100},
     "delete_tweet": {"user": 50},
 }
@@ -120,6 +143,30 @@ REPLY_NOT_ALLOWED = (
 REPLY_TARGET_GONE = "You attempted to reply to a Tweet that is deleted or not visible to you."
 QUOTE_TARGET_GONE = "You attempted to quote a Tweet that is deleted or not visible to you."
 DUPLICATE = "You are not allowed to create a Tweet with duplicate content."
+
+ACCOUNT_STATES = ("active", "suspended", "locked")
+# X's v1-style answers to a call made as a refused account.
+ACCOUNT_REFUSALS: dict[str, dict[str, Any]] = {
+    "suspended": {
+        "code": 64,
+        "message": "Your account is suspended and is not permitted to access this feature",
+    },
+    "locked": {
+        "code": 326,
+        "message": "To protect our users from spam and other malicious activity, this account "
+        "is temporarily locked. Please log in to https://twitter.com to unlock your account.",
+    },
+}
+READ_ONLY = (
+    "Your client app is not configured with the appropriate oauth1 app permissions for "
+    "this endpoint."
+)
+NOT_ENROLLED = (
+    "When authenticating requests to the Twitter API v2 endpoints, you must use keys and "
+    "tokens from a Twitter developer App that is attached to a Project. You can create a "
+    "project via the developer portal."
+)
+SANDBOX_CLIENT_ID = "29000001"
 
 TWEET_FIELDS = {
     "attachments",
@@ -257,6 +304,11 @@ class XApp(App):
         self.clock = clock
         self.credentials = dict(SANDBOX_CREDENTIALS)
         self.exempt = False  # Enterprise: the 2026 reply rule does not apply
+        self.read_only = False  # the app's permissions: Read only refuses writes
+        self.enrolled = True  # the app is attached to a Project
+        self.user_context_only: set[str] = set()  # routes refusing bearer auth besides
+        self._account_state = "active"
+        self.posts_returned: dict[str, int] = {}  # posts put in ``data``, per route
         self.users: dict[str, XUser] = {}
         self.posts: dict[str, XPost] = {}
         self.deleted: dict[str, XPost] = {}
@@ -269,8 +321,20 @@ class XApp(App):
 
     # --- Python API for tests and demos ------------------------------------------------
 
+    @property
+    def account_state(self) -> str:
+        """Our account as X sees it: ``active``, ``suspended`` or ``locked``."""
+        return self._account_state
+
+    @account_state.setter
+    def account_state(self, state: str) -> None:
+        if state not in ACCOUNT_STATES:
+            raise ValueError(f"unknown account state {state!r}: one of {', '.join(ACCOUNT_STATES)}")
+        self._account_state = state
+
     def reset(self) -> None:
-        """Back to just our account, default limits, no faults, the rule enforced."""
+        """Back to just our account, default limits, no faults, the rule enforced, the
+        account active, the app read-write and enrolled, no posts counted as read."""
         super().reset()
         with self.lock:
             self.credentials = dict(SANDBOX_CREDENTIALS)
@@ -379,21 +443,29 @@ class XApp(App):
                 "our_user_id": OUR_USER_ID,
                 "our_username": self.users[OUR_USER_ID].username,
                 "exempt": self.exempt,
+                "read_only": self.read_only,
+                "account_state": self.account_state,
+                "enrolled": self.enrolled,
+                "user_context_only": sorted(self.user_context_only),
                 "now": _iso(self.clock()),
                 "users": [u.to_dict() for u in self.users.values()],
                 "posts": [p.to_dict() for p in self._newest_first(self.posts.values())],
                 "deleted": [p.to_dict() for p in self._newest_first(self.deleted.values())],
                 "schedules": [asdict(s) for s in self._schedules],
                 "limits": {name: dict(scopes) for name, scopes in self.limits.items()},
+                "posts_returned": dict(self.posts_returned),
             }
 
     def seed_state(self, data: dict[str, Any]) -> None:
-        """Add users and posts; ``seed_state(snapshot())`` rebuilds the same world.
+        """Add users and posts; ``seed_state(snapshot())`` rebuilds the same world (its
+        read counters stay as they are).
 
         ``{"users": [{"username", "name"?, "id"?}], "posts": [{"author" or "author_id",
         "text", "id"?, "reply_to"?, "quote_of"?, "retweet_of"?, "created_at"? (ISO or
-        Unix seconds)}], "deleted"?: [posts], "exempt"?: bool, "schedules"?: [{"username",
-        "texts", "every_seconds"}], "limits"?: {endpoint: limit}}``
+        Unix seconds)}], "deleted"?: [posts], "exempt"?: bool, "read_only"?: bool,
+        "account_state"?: "active" | "suspended" | "locked", "enrolled"?: bool,
+        "user_context_only"?: [route], "schedules"?: [{"username", "texts",
+        "every_seconds"}], "limits"?: {endpoint: limit}}``
         """
         with self.lock:
             for user in data.get("users", []):
@@ -409,6 +481,14 @@ class XApp(App):
                     self.deleted[stored.id] = self.posts.pop(stored.id)
             if "exempt" in data:
                 self.exempt = bool(data["exempt"])
+            if "read_only" in data:
+                self.read_only = bool(data["read_only"])
+            if "account_state" in data:
+                self.account_state = str(data["account_state"])
+            if "enrolled" in data:
+                self.enrolled = bool(data["enrolled"])
+            if "user_context_only" in data:
+                self.user_context_only = set(data["user_context_only"])
             for plan in data.get("schedules", []):
                 every = plan.get("every_seconds", plan.get("every"))
                 self.schedule_posts(plan["username"], plan["texts"], every)
@@ -455,6 +535,11 @@ class XApp(App):
 
     def _start(self) -> None:
         self.exempt = False
+        self.read_only = False
+        self.enrolled = True
+        self.user_context_only = set()
+        self._account_state = "active"
+        self.posts_returned = {}
         self.users = {}
         self.posts = {}
         self.deleted = {}
@@ -611,6 +696,18 @@ class XApp(App):
             for base in bases
         )
 
+    def _check_setup(self, caller: _Caller, *, write: bool) -> None:
+        """Refuse, as X does, an app or account the switches say is not set up to call."""
+        if not self.enrolled:
+            raise _Refusal(_client_forbidden())
+        if caller.kind != "user":
+            return  # app-only auth acts as no account: its state does not matter
+        if self.account_state != "active":
+            body = {"errors": [ACCOUNT_REFUSALS[self.account_state]]}
+            raise _Refusal(json_response(body, 403, content_type=JSON))
+        if write and self.read_only:
+            raise _Refusal(_problem(403, "Forbidden", READ_ONLY, PROBLEMS + "oauth1-permissions"))
+
     def _spend(self, endpoint: str, caller: _Caller) -> dict[str, str]:
         """Count this request against its windows; the headers to send, or a 429."""
         now = self.clock()
@@ -641,7 +738,13 @@ class XApp(App):
     # --- routes --------------------------------------------------------------------------
 
     def _endpoint(
-        self, method: str, pattern: str, name: str, *, user_context: bool = False
+        self,
+        method: str,
+        pattern: str,
+        name: str,
+        *,
+        user_context: bool = False,
+        write: bool = False,
     ) -> Callable[[Handler], Handler]:
         """Register a handler behind auth, rate limits and scheduled-post materializing."""
 
@@ -651,8 +754,10 @@ class XApp(App):
                     headers: dict[str, str] = {}
                     try:
                         caller = self._authenticate(request)
-                        if user_context and caller.kind != "user":
+                        needs_user = user_context or name in self.user_context_only
+                        if needs_user and caller.kind != "user":
                             raise _Refusal(_unsupported_auth())
+                        self._check_setup(caller, write=write)
                         headers = self._spend(name, caller)
                         self._materialize()
                         response = handler(request, caller, **params)
@@ -723,7 +828,7 @@ class XApp(App):
                 and not ("retweets" in exclude and p.retweet_of)
                 and not ("replies" in exclude and p.reply_to)
             ]
-            return self._timeline(request, posts, min_results=5)
+            return self._timeline(request, posts, "user_tweets", min_results=5)
 
         @self._endpoint("GET", "/2/users/{user_id}/mentions", "user_mentions")
         def user_mentions(request: Request, caller: _Caller, user_id: str) -> Response:
@@ -732,7 +837,7 @@ class XApp(App):
                 return user
             wanted = user.username.lower()
             posts = [p for p in self.posts.values() if wanted in p.mentioned and not p.retweet_of]
-            return self._timeline(request, posts, min_results=5)
+            return self._timeline(request, posts, "user_mentions", min_results=5)
 
         @self._endpoint("GET", "/2/tweets/search/recent", "search_recent")
         def search_recent(request: Request, caller: _Caller) -> Response:
@@ -755,13 +860,31 @@ class XApp(App):
                 for p in self.posts.values()
                 if p.created_at >= oldest and matches(p, self._facts(p))
             ]
-            return self._timeline(request, posts, min_results=10, cursor="next_token")
+            return self._timeline(
+                request, posts, "search_recent", min_results=10, cursor="next_token"
+            )
 
-        @self._endpoint("POST", "/2/tweets", "create_tweet", user_context=True)
+        @self._endpoint("GET", "/2/tweets/{post_id}", "tweet_lookup")
+        def tweet_lookup(request: Request, caller: _Caller, post_id: str) -> Response:
+            _check_id("id", post_id)
+            tweet_fields, user_fields, expansions = _check_fields(request, tweet=True)
+            post = self.posts.get(post_id)
+            if post is None:  # deleted or never posted: X cannot tell us which
+                return _data(None, errors=[_tweet_not_found(post_id)])
+            self._count_returned("tweet_lookup", 1)
+            body: dict[str, Any] = {"data": self._render_post(post, tweet_fields)}
+            includes = self._includes([post], tweet_fields, user_fields, expansions)
+            if includes:
+                body["includes"] = includes
+            return json_response(body, content_type=JSON)
+
+        @self._endpoint("POST", "/2/tweets", "create_tweet", user_context=True, write=True)
         def create_tweet(request: Request, caller: _Caller) -> Response:
             return self._create(request)
 
-        @self._endpoint("DELETE", "/2/tweets/{post_id}", "delete_tweet", user_context=True)
+        @self._endpoint(
+            "DELETE", "/2/tweets/{post_id}", "delete_tweet", user_context=True, write=True
+        )
         def delete_tweet(request: Request, caller: _Caller, post_id: str) -> Response:
             _check_id("id", post_id)
             post = self.posts.get(post_id)
@@ -786,10 +909,14 @@ class XApp(App):
             return _data(None, errors=[_user_not_found("id", user_id)])
         return user
 
+    def _count_returned(self, route: str, count: int) -> None:
+        self.posts_returned[route] = self.posts_returned.get(route, 0) + count
+
     def _timeline(
         self,
         request: Request,
         posts: list[XPost],
+        route: str,
         *,
         min_results: int,
         cursor: str = "pagination_token",
@@ -816,6 +943,7 @@ class XApp(App):
             and (end_time is None or p.created_at < end_time)
         ]
         page, rest = chosen[:max_results], chosen[max_results:]
+        self._count_returned(route, len(page))
         if not page:
             return json_response({"meta": {"result_count": 0}}, content_type=JSON)
         meta: dict[str, Any] = {
@@ -1001,6 +1129,19 @@ def _unsupported_auth() -> Response:
     )
 
 
+def _client_forbidden() -> Response:
+    body = {
+        "client_id": SANDBOX_CLIENT_ID,
+        "detail": NOT_ENROLLED,
+        "registration_url": "https://developer.twitter.com/en/docs/projects/overview",
+        "title": "Client Forbidden",
+        "required_enrollment": "Appropriate Level of API Access",
+        "reason": "client-not-enrolled",
+        "type": PROBLEMS + "client-forbidden",
+    }
+    return json_response(body, 403, content_type=PROBLEM_JSON)
+
+
 def _invalid_request(message: str, parameter: str | None = None, value: str = "") -> Response:
     error: dict[str, Any] = {"message": message}
     if parameter is not None:
@@ -1022,6 +1163,18 @@ def _user_not_found(parameter: str, value: str) -> dict[str, str]:
         "resource_type": "user",
         "parameter": parameter,
         "resource_id": value,
+        "type": PROBLEMS + "resource-not-found",
+    }
+
+
+def _tweet_not_found(post_id: str) -> dict[str, str]:
+    return {
+        "value": post_id,
+        "detail": f"Could not find tweet with id: [{post_id}].",
+        "title": "Not Found Error",
+        "resource_type": "tweet",
+        "parameter": "id",
+        "resource_id": post_id,
         "type": PROBLEMS + "resource-not-found",
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 from django.core.management import call_command
 
@@ -31,4 +32,13 @@ def discovered(post_id: str) -> QueuedTweet:
 def approved(post_id: str, text: str | None = None) -> QueuedTweet:
     tweet = discovered(post_id)
     assert tweet.status == Status.PENDING, tweet.last_error
-    return reply_approve(tweet, actor="owner", channel=Channel.TELEGRAM, text=text)
+    return reply_approve(
+        tweet, actor="owner", channel=Channel.TELEGRAM, version=tweet.draft_version, text=text
+    )
+
+
+def shown_version(page) -> str:
+    """The draft version an admin review page rendered (what the browser posts back)."""
+    found = re.search(r'name="shown_version" value="(\d+)"', page.content.decode())
+    assert found, "the review page carries no draft version"
+    return found.group(1)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import socket
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
-from bot.clients.errors import ClientError, ErrorKind
-from bot.clients.llm import LLMClient, validate_reply
+from bot.clients.errors import ClientError, ErrorKind, Reason
+from bot.clients.llm import CONFIGURATION_HOLD, LLMClient, clean_model_reply
 from resilience import CircuitBreaker, CircuitOpenError
 from resilience.errors import is_service_failure
 from resilience.stores import MemoryStore
-from sandbox.http import Server
+from sandbox.faults import Fault
+from sandbox.http import Response, Server, json_response
 from sandbox.openai_api import OpenAIApp
 
 POST = "Incremental compilation in Rust finally feels fast on big workspaces."
@@ -128,9 +130,9 @@ def test_the_post_stays_in_the_data_block(llm, app):
 
 
 def test_feedback_reaches_the_next_prompt(llm, app):
-    draft(llm, feedback="too long (312 weighted chars, limit 280)")
+    draft(llm, feedback="too long (312 weighted characters, the limit is 280)")
     before_block = user_message(app).split("<post", 1)[0]
-    assert "too long (312 weighted chars, limit 280)" in before_block
+    assert "too long (312 weighted characters, the limit is 280)" in before_block
 
 
 def test_variants_are_bounded(llm):
@@ -212,7 +214,7 @@ def test_weighted_length_end_to_end(llm, app):
     app.scripted_replies = ["中" * 141]
     error = failure(draft, llm)
     assert error.kind is ErrorKind.PERMANENT
-    assert "too long (282 weighted chars" in str(error)
+    assert "too long (282 weighted characters, the limit is 280)" in str(error)
 
 
 def test_some_variants_bad_keeps_the_good_ones(llm, app):
@@ -256,7 +258,60 @@ def test_relevance_needs_topics(llm):
         llm.relevance(post_text=POST, topics=[])
 
 
-# --- validate_reply -----------------------------------------------------------------------
+# --- links -------------------------------------------------------------------------------
+
+
+def test_links_are_refused_by_default_and_the_prompt_says_so(llm, app):
+    app.scripted_replies = ["Wrote about this at example.com/builds"]
+    error = failure(draft, llm)
+    assert error.kind is ErrorKind.PERMANENT
+    assert "contains a link" in str(error)
+    assert "ALLOW_LINKS_IN_REPLIES" in str(error)
+    assert "No links" in app.completions[-1]["messages"][0]["content"]
+
+
+def test_links_pass_when_allowed(llm, app):
+    app.scripted_replies = ["Wrote about this at https://example.com/builds"]
+    assert draft(llm, allow_links=True) == ["Wrote about this at https://example.com/builds"]
+    assert "No links" not in app.completions[-1]["messages"][0]["content"]
+
+
+def test_a_variant_with_a_link_is_dropped(llm, app):
+    app.scripted_replies = ["See https://example.com", "Short and fine.", "Also fine."]
+    assert draft(llm, variants=3) == ["Short and fine.", "Also fine."]
+
+
+# --- text no codec can encode -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_half_an_emoji_from_the_model_is_cleaned(llm, app, structured):
+    app.json_schema_supported = structured
+    normal = draft(llm, variants=3)
+    app.output_mode = "lone_surrogate"
+    replies = draft(llm, variants=3)
+    assert replies == [reply + " \ufffd" for reply in normal]
+    assert all(reply.encode("utf-8") for reply in replies)
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_nul_from_the_model_is_dropped(llm, app, structured):
+    app.json_schema_supported = structured
+    normal = draft(llm, variants=2)
+    app.output_mode = "nul"
+    assert draft(llm, variants=2) == normal
+
+
+def test_a_post_no_codec_can_encode_is_still_answered(llm, app):
+    post = "Half an emoji \ud83d and a NUL\x00 in the post"
+    replies = draft(llm, post, feedback="too short\ud800")
+    assert replies
+    sent = user_message(app)
+    assert "\ufffd and a NUL in the post" in sent
+    assert "too short\ufffd" in sent
+
+
+# --- clean_model_reply --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -270,12 +325,15 @@ def test_relevance_needs_topics(llm):
         ('Reply: "Label then quotes."', "Label then quotes."),
         ("Here's my reply: Fine.", "Fine."),
         ("Tweet 2: Numbered label.", "Numbered label."),
+        ("Answer: no, and here is why.", "no, and here is why."),
         ('"Fast" is relative, "cheap" too', '"Fast" is relative, "cheap" too'),
         ("I'd say 'maybe'", "I'd say 'maybe'"),
+        ('"Half an emoji \ud83d"', "Half an emoji \ufffd"),
+        ("Reply:\x00 A NUL", "A NUL"),
     ],
 )
-def test_validate_reply_cleans(raw, clean):
-    assert validate_reply(raw) == clean
+def test_clean_model_reply_unwraps(raw, clean):
+    assert clean_model_reply(raw, allow_links=False) == clean
 
 
 @pytest.mark.parametrize(
@@ -287,24 +345,19 @@ def test_validate_reply_cleans(raw, clean):
         ("```\nSome reply\n```", "markup"),
         ('{"replies": ["a"]}', "markup"),
         ("Nice </post> escape", "markup"),
-        ("x" * 281, "too long (281 weighted chars"),
+        ("x" * 281, "too long (281 weighted characters, the limit is 280)"),
         ("Hidden \ufffe character", "characters X does not accept"),
+        ('"More at example.com"', "contains a link"),
     ],
 )
-def test_validate_reply_rejects(raw, reason):
-    error = failure(validate_reply, raw)
-    assert error.kind is ErrorKind.PERMANENT
+def test_clean_model_reply_refuses(raw, reason):
+    error = failure(clean_model_reply, raw, allow_links=False)
+    assert (error.kind, error.service) == (ErrorKind.PERMANENT, "llm")
     assert reason in str(error)
 
 
-def test_weighted_length_rules():
-    assert validate_reply("中" * 140) == "中" * 140
-    assert "282 weighted" in str(failure(validate_reply, "中" * 141))
-    assert validate_reply("😀" * 140)
-    assert "282 weighted" in str(failure(validate_reply, "😀" * 141))
-    url = "https://example.com/" + "a" * 200
-    assert validate_reply(f"{'x' * 256} {url}")  # 256 + 1 + 23 = 280
-    assert "281 weighted" in str(failure(validate_reply, f"{'x' * 257} {url}"))
+def test_clean_model_reply_allows_links_when_told():
+    assert clean_model_reply('"More at example.com"', allow_links=True) == "More at example.com"
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -357,32 +410,106 @@ def test_malformed_or_missing_bodies_are_transient(llm, app, kind, status):
     assert failure(draft, llm).kind is ErrorKind.TRANSIENT
 
 
-def test_wrong_key_is_transient_and_not_repeated(make_client, app):
+def configuration(error: ClientError, status: int, clock) -> str:
+    """The message of a refused setup, once its shape is checked."""
+    assert (error.kind, error.reason, error.status) == (
+        ErrorKind.TRANSIENT,
+        Reason.CONFIGURATION,
+        status,
+    )
+    assert error.retry_at == clock() + CONFIGURATION_HOLD
+    return str(error.args[0])
+
+
+def test_wrong_key_is_configuration_and_not_echoed(make_client, app, clock):
     app.api_key = "sk-the-right-key-0000"
     error = failure(draft, make_client(api_key="sk-a-wrong-key-1234"))
-    assert (error.kind, error.status) == (ErrorKind.TRANSIENT, 401)
+    assert configuration(error, 401, clock) == "authentication failed: check OPENAI_API_KEY"
     assert "1234" not in str(error)
+    clock.advance(CONFIGURATION_HOLD)  # the breaker held every call off until now
     assert draft(make_client(api_key="sk-the-right-key-0000"))
 
 
-def test_missing_key_is_transient_and_sends_nothing(make_client, app):
-    error = failure(draft, make_client(api_key=""))
-    assert error.kind is ErrorKind.TRANSIENT
-    assert "OPENAI_API_KEY" in str(error)
+def test_no_key_is_refused_before_anything_is_sent(make_client, app):
+    with pytest.raises(ValueError, match="api_key"):
+        make_client(api_key="")
     assert app.completions == []
 
 
-def test_unknown_model_is_transient(make_client):
+@pytest.mark.parametrize("style", ["openai", "openrouter"])
+def test_unknown_model_is_configuration(make_client, app, clock, style):
     # A configuration problem hits every item: it must open the breaker, not dead-letter posts.
+    app.unknown_model_style = style
     error = failure(draft, make_client(model="gpt-9"))
-    assert (error.kind, error.status) == (ErrorKind.TRANSIENT, 404)
-    assert "gpt-9" in str(error)
+    assert configuration(error, 404 if style == "openai" else 400, clock) == (
+        "AI_MODEL=gpt-9 is not a model this server serves: set AI_MODEL (or check OPENAI_BASE_URL)"
+    )
+
+
+def test_an_empty_model_name_is_configuration(make_client, clock):
+    error = failure(draft, make_client(model=""))
+    assert "set AI_MODEL" in configuration(error, 400, clock)
+
+
+def test_no_access_is_configuration(llm, app, clock):
+    app.faults.add("chat_completions", "error", status=403, times=1)
+    message = configuration(failure(draft, llm), 403, clock)
+    assert "Injected error 403." in message, "the server's reason, for the owner"
+    assert "check that OPENAI_API_KEY may use AI_MODEL=gpt-4o-mini" in message
+
+
+def test_a_wrong_base_url_is_configuration(make_client, server, clock):
+    error = failure(draft, make_client(base_url=server.url))  # without /v1
+    assert "check OPENAI_BASE_URL" in configuration(error, 404, clock)
+
+
+class _KeyEchoingProxy(OpenAIApp):
+    """A proxy in front of the model server that quotes the key it refuses."""
+
+    def error_response(self, status: int, fault: Fault) -> Response:
+        message = "Key sk-secret-value-0042 is blocked for this model."
+        return json_response({"error": {"message": message, "code": status}}, status)
+
+
+def test_a_key_in_a_server_message_is_masked(breaker, clock):
+    proxy = _KeyEchoingProxy()
+    proxy.faults.add("chat_completions", "error", status=403, times=1)
+    with Server(proxy) as running:
+        client = LLMClient(
+            base_url=f"{running.url}/v1",
+            api_key="sk-secret-value-0042",
+            model="gpt-4o-mini",
+            breaker=breaker,
+            clock=clock,
+        )
+        error = failure(draft, client)
+    assert configuration(error, 403, clock) == (
+        "access refused (Key *** is blocked for this model.):"
+        " check that OPENAI_API_KEY may use AI_MODEL=gpt-4o-mini"
+    )
+
+
+def test_configuration_opens_the_breaker_until_the_hold_ends(make_client, app, breaker, clock):
+    client = make_client(model="gpt-9")
+    failure(draft, client)
+    assert breaker.state == "open", "one refusal is enough: every item would fail alike"
+    with pytest.raises(CircuitOpenError):
+        draft(client)
+    app.models.append("gpt-9")  # the owner fixes the setup
+    clock.advance(CONFIGURATION_HOLD + 1)
+    assert draft(client)
+    assert len(app.completions) == 2, "nothing was sent while the hold lasted"
 
 
 def test_a_refused_request_is_permanent(llm, app):
     app.faults.add("chat_completions", "error", status=400, times=1)
     error = failure(draft, llm)
-    assert (error.kind, error.status) == (ErrorKind.PERMANENT, 400)
+    assert (error.kind, error.status, error.reason) == (ErrorKind.PERMANENT, 400, "")
+
+
+def test_exhausted_quota_is_not_configuration(llm, app):
+    app.faults.add("chat_completions", "error", status=429, usage_cap=True, times=1)
+    assert failure(draft, llm).reason != Reason.CONFIGURATION
 
 
 # --- breaker ------------------------------------------------------------------------------
@@ -435,3 +562,14 @@ def test_from_settings(settings, server, app, breaker):
     client = LLMClient.from_settings(breaker=breaker)
     assert draft(client)
     assert app.completions[-1]["model"] == "sandbox-model"
+
+
+def test_from_settings_without_a_key_is_improperly_configured(settings, app):
+    settings.OPENAI_API_KEY = ""
+    with pytest.raises(ImproperlyConfigured) as refused:
+        LLMClient.from_settings()
+    assert str(refused.value) == (
+        "The model is not configured: set OPENAI_API_KEY"
+        " (any non-empty string for a local server such as Ollama)"
+    )
+    assert app.completions == []

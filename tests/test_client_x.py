@@ -1,16 +1,19 @@
 """The X client through tweepy over real HTTP against the sandbox: values, cursors, and
-every failure reaching the caller as the right ``ClientError`` kind."""
+every failure reaching the caller as the right ``ClientError`` kind and reason."""
 
 from __future__ import annotations
 
 import socket
+import time
 from datetime import UTC, datetime
 
 import pytest
 import requests
+from django.core.cache import cache
+from django.core.exceptions import ImproperlyConfigured
 
-from bot.clients.errors import ClientError, ErrorKind
-from bot.clients.x import Page, RateLimit, User, XClient
+from bot.clients.errors import ClientError, ErrorKind, Reason
+from bot.clients.x import CONFIGURATION_HOLD, Page, RateLimit, User, XClient
 from resilience import CircuitBreaker, CircuitOpenError
 from resilience.errors import is_service_failure
 from resilience.stores import MemoryStore
@@ -24,6 +27,20 @@ CREDENTIALS = {
     "access_token": SANDBOX_CREDENTIALS["access_token"],
     "access_token_secret": SANDBOX_CREDENTIALS["access_token_secret"],
 }
+
+
+@pytest.fixture(autouse=True)
+def _fresh_holds(settings):
+    """Holds live in the shared cache: a private one per test, so none outlives it."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "test-client-x",
+        }
+    }
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture
@@ -51,21 +68,25 @@ def breaker(clock) -> CircuitBreaker:
     )
 
 
-def make_client(url: str, breaker: CircuitBreaker, *, timeout=(1.0, 2.0), **changes) -> XClient:
-    return XClient(base_url=url, timeout=timeout, breaker=breaker, **{**CREDENTIALS, **changes})
+def make_client(
+    url: str, breaker: CircuitBreaker, *, timeout=(1.0, 2.0), clock=time.time, **changes
+) -> XClient:
+    return XClient(
+        base_url=url, timeout=timeout, breaker=breaker, clock=clock, **{**CREDENTIALS, **changes}
+    )
 
 
 @pytest.fixture
-def x(server, breaker) -> XClient:
-    client = make_client(server.url, breaker)
+def x(server, breaker, clock) -> XClient:
+    client = make_client(server.url, breaker, clock=clock)
     yield client
     client.close()
 
 
 @pytest.fixture
-def impatient(server, breaker) -> XClient:
+def impatient(server, breaker, clock) -> XClient:
     """A client whose reads time out after half a second."""
-    client = make_client(server.url, breaker, timeout=(1.0, 0.5))
+    client = make_client(server.url, breaker, timeout=(1.0, 0.5), clock=clock)
     yield client
     client.close()
 
@@ -74,6 +95,11 @@ def kind_of(call) -> ClientError:
     with pytest.raises(ClientError) as caught:
         call()
     return caught.value
+
+
+def sent(app: XApp, endpoint: str) -> int:
+    """Requests the sandbox received for ``endpoint``."""
+    return [name for name, _ in app.requests].count(endpoint)
 
 
 # --- reads ---------------------------------------------------------------------------------
@@ -168,6 +194,73 @@ def test_mentions_of_our_account(app, x):
     assert [post.id for post in page.posts] == [mention]
     assert page.posts[0].author_username == "alice"
     assert x.mentions(OUR_USER_ID, since_id=mention).posts == []
+
+
+def test_our_posts_are_all_of_ours_replies_included_retweets_not(app, x):
+    alice = app.publish("alice", "@replyguy hello")
+    original = app.publish("replyguy", "an original post")
+    reply = app.publish("replyguy", "a reply", reply_to=alice)
+    app.publish("replyguy", "", retweet_of=alice)
+    app.publish("alice", "not ours")
+
+    page = x.our_posts()
+    assert [(p.id, p.is_reply) for p in page.posts] == [(reply, True), (original, False)]
+    assert page.posts[0].replied_to_id == alice
+    assert page.newest_id == reply
+
+
+def test_our_posts_is_an_owned_read_in_user_context(app, x):
+    app.publish("replyguy", "ours")
+    app.set_limit("user_tweets", 0, scope="app")  # the bearer token's window is spent
+    assert [p.text for p in x.our_posts().posts] == ["ours"]
+    assert x.rate_limits["user_tweets"].limit == 900
+
+
+def test_our_posts_pages_by_token_and_until_id(app, x):
+    ids = [app.publish("replyguy", f"post {n}") for n in range(7)]
+
+    first = x.our_posts(max_results=5)
+    assert [p.id for p in first.posts] == ids[:1:-1]
+    second = x.our_posts(max_results=5, pagination_token=first.next_token)
+    assert ([p.id for p in second.posts], second.next_token) == ([ids[1], ids[0]], None)
+
+    below = x.our_posts(until_id=ids[3], max_results=5)
+    assert [p.id for p in below.posts] == [ids[2], ids[1], ids[0]]
+    between = x.our_posts(since_id=ids[1], until_id=ids[4])
+    assert [p.id for p in between.posts] == [ids[3], ids[2]]
+
+
+def test_post_visible_until_the_post_is_deleted(app, x):
+    post = app.publish("alice", "@replyguy still here?")
+    assert x.post_visible(post) is True
+    app.delete(post)
+    assert x.post_visible(post) is False
+    assert x.post_visible("12345") is False  # never existed
+    assert x.rate_limits["tweet_lookup"].limit == 450  # a public read: the bearer token
+
+
+def test_post_visible_without_a_bearer_token_uses_user_context(app, server, breaker):
+    post = app.publish("alice", "hello")
+    x = make_client(server.url, breaker, bearer_token="")
+    assert x.post_visible(post) is True
+    assert x.rate_limits["tweet_lookup"].limit == 900
+
+
+def test_post_visible_is_false_on_xs_own_404_and_raises_on_anything_else(app, x):
+    post = app.publish("alice", "hello")
+    app.faults.add("tweet_lookup", "error", status=404, times=1)
+    assert x.post_visible(post) is False
+    app.faults.add("tweet_lookup", "error", status=503, times=1)
+    assert kind_of(lambda: x.post_visible(post)).kind is ErrorKind.TRANSIENT
+    assert x.post_visible(post) is True
+
+
+def test_text_from_x_is_cleaned(app, x):
+    mallory = app.add_user("mallory", "Mal\x00lory \ud800")
+    app.publish("mallory", "nul\x00 and \udfff and cafe\u0301")
+    [post] = x.user_posts(mallory).posts
+    assert post.text == "nul and \ufffd and caf\u00e9"
+    assert x.lookup_users(["mallory"])["mallory"].name == "Mallory \ufffd"
 
 
 @pytest.mark.parametrize(
@@ -325,7 +418,7 @@ def test_cut_after_create_is_ambiguous_and_reconciliation_finds_the_reply(app, x
     assert error.kind is ErrorKind.AMBIGUOUS
 
     [posted] = app.replies_to(target)  # X has it, although we never heard back
-    found = [reply for reply in x.our_recent_replies() if reply.replied_to_id == target]
+    found = [reply for reply in x.our_posts().posts if reply.replied_to_id == target]
     assert [(reply.id, reply.text) for reply in found] == [(posted.id, "this went through")]
 
 
@@ -335,23 +428,124 @@ def test_cut_before_create_is_ambiguous_and_reconciliation_finds_nothing(app, x)
     assert kind_of(lambda: x.create_reply(in_reply_to=target, text="lost")).kind is (
         ErrorKind.AMBIGUOUS
     )
-    assert [reply for reply in x.our_recent_replies() if reply.replied_to_id == target] == []
+    assert [reply for reply in x.our_posts().posts if reply.replied_to_id == target] == []
 
 
-def test_wrong_credentials_are_transient_and_count_for_the_breaker(server, breaker, app):
+@pytest.mark.parametrize(
+    ("credential", "value", "named"),
+    [
+        ("bearer_token", "revoked", "X_BEARER_TOKEN"),  # lookups use the bearer token
+        ("consumer_secret", "rotated", "X_API_SECRET"),  # replies use OAuth 1.0a
+    ],
+)
+def test_wrong_credentials_are_configuration_and_open_the_breaker_at_once(
+    server, breaker, app, clock, credential, value, named
+):
     target = app.publish("alice", "@replyguy hi")
-    wrong_bearer = make_client(server.url, breaker, bearer_token="revoked")
-    error = kind_of(lambda: wrong_bearer.lookup_users(["alice"]))
-    assert (error.kind, error.status) == (ErrorKind.TRANSIENT, 401)
+    x = make_client(server.url, breaker, clock=clock, **{credential: value})
+    if credential == "bearer_token":
+        error = kind_of(lambda: x.lookup_users(["alice"]))
+    else:
+        error = kind_of(lambda: x.create_reply(in_reply_to=target, text="hi"))
+    assert (error.kind, error.status, error.reason) == (
+        ErrorKind.TRANSIENT,
+        401,
+        Reason.CONFIGURATION,
+    )
+    assert error.retry_at == clock.now + CONFIGURATION_HOLD
+    assert named in str(error)
+    assert value not in str(error)
+    assert app.replies_to(target) == []
 
-    wrong_secret = make_client(server.url, breaker, consumer_secret="rotated")
-    for _ in range(4):
-        error = kind_of(lambda: wrong_secret.create_reply(in_reply_to=target, text="hi"))
-        assert (error.kind, error.status) == (ErrorKind.TRANSIENT, 401)
+    assert breaker.state == "open"  # one refusal is enough: every call would fail alike
+    with pytest.raises(CircuitOpenError) as refused:
+        x.me()
+    assert refused.value.retry_after == CONFIGURATION_HOLD
+
+
+def test_a_read_only_app_is_told_how_to_get_write_permission(app, x, breaker):
+    target = app.publish("alice", "@replyguy hi")
+    app.read_only = True
+    error = kind_of(lambda: x.create_reply(in_reply_to=target, text="hello"))
+    assert (error.kind, error.status, error.reason) == (
+        ErrorKind.TRANSIENT,
+        403,
+        Reason.CONFIGURATION,
+    )
+    assert "Read and write" in str(error)
+    assert "regenerate the access token and secret" in str(error)
     assert app.replies_to(target) == []
     assert breaker.state == "open"
-    with pytest.raises(CircuitOpenError):
-        wrong_bearer.lookup_users(["alice"])
+
+
+@pytest.mark.parametrize(("state", "words"), [("suspended", "suspended"), ("locked", "unlock")])
+def test_a_suspended_or_locked_account_is_configuration(app, x, breaker, clock, state, words):
+    target = app.publish("alice", "@replyguy hi")
+    app.account_state = state
+    for call in (x.me, lambda: x.create_reply(in_reply_to=target, text="hello")):
+        error = kind_of(call)
+        assert (error.kind, error.status, error.reason) == (
+            ErrorKind.TRANSIENT,
+            403,
+            Reason.CONFIGURATION,
+        )
+        assert error.retry_at == clock.now + CONFIGURATION_HOLD
+        assert words in str(error)
+        breaker.reset()  # the first refusal opened it; ask X again
+    assert app.replies_to(target) == []
+
+
+@pytest.mark.parametrize(
+    ("switch", "words"), [("enrolled", "Project"), ("user_context_only", "X_ACCESS_TOKEN")]
+)
+def test_an_app_x_refuses_is_configuration(app, x, switch, words):
+    if switch == "enrolled":
+        app.enrolled = False  # the app is outside a Project
+    else:
+        app.user_context_only = {"search_recent"}  # our bearer token is no longer enough
+    error = kind_of(lambda: x.search_recent("hello"))
+    assert (error.kind, error.status, error.reason) == (
+        ErrorKind.TRANSIENT,
+        403,
+        Reason.CONFIGURATION,
+    )
+    assert words in str(error)
+
+
+@pytest.mark.parametrize("call", ["user_posts", "create_reply"])
+def test_a_404_that_is_not_xs_is_configuration_even_for_a_write(app, x, clock, call):
+    target = app.publish("alice", "@replyguy hi")
+    app.faults.add("*", "html", status=404)  # a proxy's page: nothing reached X
+    calls = {
+        "user_posts": lambda: x.user_posts(OUR_USER_ID),
+        "create_reply": lambda: x.create_reply(in_reply_to=target, text="hello"),
+    }
+    error = kind_of(calls[call])
+    assert (error.kind, error.status, error.reason) == (
+        ErrorKind.TRANSIENT,
+        404,
+        Reason.CONFIGURATION,
+    )
+    assert error.retry_at == clock.now + CONFIGURATION_HOLD
+    assert "X_API_BASE_URL" in str(error)
+
+
+def test_a_misrouted_base_url_is_configuration(server, breaker, clock):
+    x = make_client(server.url + "/api", breaker, clock=clock)  # X answers "no such page"
+    error = kind_of(x.me)
+    assert (error.kind, error.status, error.reason) == (
+        ErrorKind.TRANSIENT,
+        404,
+        Reason.CONFIGURATION,
+    )
+    assert f"{server.url}/api/2/users/me" in str(error)
+    assert "X_API_BASE_URL" in str(error)
+
+
+def test_xs_own_404_stays_permanent(app, x):
+    app.faults.add("user_tweets", "error", status=404, times=1)
+    error = kind_of(lambda: x.user_posts(OUR_USER_ID))
+    assert (error.kind, error.status, error.reason) == (ErrorKind.PERMANENT, 404, Reason.NONE)
 
 
 def test_item_level_errors_leave_the_breaker_closed(app, x, breaker):
@@ -365,28 +559,86 @@ def test_item_level_errors_leave_the_breaker_closed(app, x, breaker):
 # --- rate limits ---------------------------------------------------------------------------------
 
 
-def test_429_holds_the_breaker_open_until_the_reset(app, x, breaker, clock):
+def test_429_holds_the_endpoint_until_the_reset_and_not_the_breaker(app, x, breaker, clock):
     app.faults.add("user_tweets", "error", status=429, reset_in=300, times=1)
     error = kind_of(lambda: x.user_posts(OUR_USER_ID))
-    assert (error.kind, error.status) == (ErrorKind.TRANSIENT, 429)
+    assert (error.kind, error.status, error.reason) == (
+        ErrorKind.TRANSIENT,
+        429,
+        Reason.RATE_LIMITED,
+    )
     assert error.retry_at == x.rate_limits["user_tweets"].reset_at == int(clock.now) + 300
+    assert breaker.state == "closed"
 
-    assert breaker.state == "open"
     clock.advance(error.retry_at - clock.now - 1)
-    with pytest.raises(CircuitOpenError):
-        x.user_posts(OUR_USER_ID)
+    held = kind_of(lambda: x.user_posts(OUR_USER_ID))
+    assert (held.kind, held.reason, held.retry_at) == (
+        ErrorKind.TRANSIENT,
+        Reason.RATE_LIMITED,
+        error.retry_at,
+    )
+    held_until = datetime.fromtimestamp(error.retry_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert f"held until {held_until}" in str(held)
+    assert sent(app, "user_tweets") == 1  # the held call never went out
+
     clock.advance(1)
     assert x.user_posts(OUR_USER_ID) == Page([], None, None)
+    assert sent(app, "user_tweets") == 2
 
 
-def test_usage_cap_waits_for_next_month(app, x):
-    app.faults.add("search_recent", "error", status=429, usage_cap=True)
-    before = datetime.now(UTC)
+def test_a_429_on_search_leaves_the_breaker_closed_and_publishing_going(app, x, breaker):
+    target = app.publish("alice", "@replyguy hi")
+    app.faults.add("search_recent", "error", status=429, times=1)
+    assert kind_of(lambda: x.search_recent("hi")).reason == Reason.RATE_LIMITED
+    assert breaker.state == "closed"
+
+    assert x.create_reply(in_reply_to=target, text="hello")
+    assert kind_of(lambda: x.search_recent("hi")).reason == Reason.RATE_LIMITED
+    assert sent(app, "search_recent") == 1
+    assert breaker.state == "closed"
+
+
+def test_a_hold_is_seen_by_every_client_sharing_the_cache(app, server, breaker, clock):
+    app.faults.add("user_mentions", "error", status=429, times=1)
+    first = make_client(server.url, breaker, clock=clock)
+    second = make_client(server.url, breaker, clock=clock)  # another worker, say
+    kind_of(lambda: first.mentions(OUR_USER_ID))
+    assert kind_of(lambda: second.mentions(OUR_USER_ID)).reason == Reason.RATE_LIMITED
+    assert sent(app, "user_mentions") == 1
+
+
+def test_holds_are_per_token_as_xs_windows_are(app, x):
+    alice = app.add_user("alice")
+    app.set_limit("user_tweets", 0, scope="user")  # our user token's window is spent
+    assert kind_of(x.our_posts).reason == Reason.RATE_LIMITED
+    assert x.user_posts(alice) == Page([], None, None)  # the bearer token's window is not
+    assert kind_of(x.our_posts).reason == Reason.RATE_LIMITED
+    assert sent(app, "user_tweets") == 2
+
+
+def test_a_429_without_a_reset_waits_fifteen_minutes(app, x, clock):
+    app.faults.add("search_recent", "html", status=429, times=1)  # a proxy's, no headers
     error = kind_of(lambda: x.search_recent("hi"))
-    after = datetime.now(UTC)
-    assert (error.kind, error.status) == (ErrorKind.TRANSIENT, 429)
-    starts = {_next_month(before), _next_month(after)}
-    assert datetime.fromtimestamp(error.retry_at, UTC) in starts
+    assert (error.reason, error.retry_at) == (Reason.RATE_LIMITED, clock.now + 900)
+    clock.advance(899)
+    kind_of(lambda: x.search_recent("hi"))
+    clock.advance(1)
+    assert x.search_recent("hi") == Page([], None, None)
+    assert sent(app, "search_recent") == 2
+
+
+def test_usage_cap_waits_for_next_month(app, x, clock):
+    app.faults.add("search_recent", "error", status=429, usage_cap=True)
+    error = kind_of(lambda: x.search_recent("hi"))
+    assert (error.kind, error.status, error.reason) == (
+        ErrorKind.TRANSIENT,
+        429,
+        Reason.RATE_LIMITED,
+    )
+    now = datetime.fromtimestamp(clock.now, UTC)
+    assert datetime.fromtimestamp(error.retry_at, UTC) == _next_month(now)
+    kind_of(lambda: x.search_recent("hi"))
+    assert sent(app, "search_recent") == 1
 
 
 def _next_month(now: datetime) -> datetime:
@@ -402,9 +654,10 @@ def test_rate_limit_window_limits_then_recovers(app, x, clock):
     assert x.rate_limits["user_tweets"] == RateLimit(2, 0, int(clock.now) + 900)
 
     error = kind_of(lambda: x.user_posts(alice))
-    assert (error.kind, error.status, error.retry_at) == (
+    assert (error.kind, error.status, error.reason, error.retry_at) == (
         ErrorKind.TRANSIENT,
         429,
+        Reason.RATE_LIMITED,
         int(clock.now) + 900,
     )
     clock.advance(error.retry_at - clock.now)
@@ -447,6 +700,24 @@ def test_from_settings(server, settings):
     x = XClient.from_settings()
     assert x.me().username == "replyguy"
     assert x.lookup_users(["replyguy"])["replyguy"].id == OUR_USER_ID
+
+
+@pytest.mark.parametrize(
+    ("unset", "message"),
+    [
+        (["X_API_KEY", "X_ACCESS_TOKEN"], "X is not configured: set X_API_KEY, X_ACCESS_TOKEN"),
+        (
+            ["X_ACCESS_TOKEN_SECRET", "X_API_SECRET"],
+            "X is not configured: set X_API_SECRET, X_ACCESS_TOKEN_SECRET",
+        ),
+    ],
+)
+def test_from_settings_names_every_missing_credential(settings, unset, message):
+    for name in ("X_API_KEY", "X_API_SECRET", "X_ACCESS_TOKEN", "X_ACCESS_TOKEN_SECRET"):
+        setattr(settings, name, "" if name in unset else "set")
+    with pytest.raises(ImproperlyConfigured) as caught:
+        XClient.from_settings()
+    assert str(caught.value) == message
 
 
 def test_without_a_bearer_token_reads_use_user_context(app, server, breaker):

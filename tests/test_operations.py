@@ -48,8 +48,8 @@ def test_run_pipeline_on_a_fresh_install_without_credentials_says_what_is_missin
     out = io.StringIO()
     call_command("run_pipeline", "--once", stdout=out)
     assert "discover: nothing to do" in out.getvalue()
-    assert "discover skipped: set X_API_KEY" in caplog.text
-    assert "draft skipped: set OPENAI_API_KEY" in caplog.text
+    assert "discover skipped: X is not configured: set X_API_KEY" in caplog.text
+    assert "draft skipped: The model is not configured: set OPENAI_API_KEY" in caplog.text
 
 
 @pytest.mark.django_db

@@ -26,7 +26,7 @@ from bot.services.review import reply_approve, reply_reject
 from bot.tasks import configured_llm, configured_x
 from resilience import get_breaker
 from resilience.models import AlertEvent
-from tests.pipeline import approved, discovered, run_pipeline, summon
+from tests.pipeline import approved, discovered, run_pipeline, shown_version, summon
 
 pytestmark = pytest.mark.django_db
 
@@ -47,9 +47,11 @@ def test_end_to_end_published_exactly_once_as_a_reply_to_the_right_post(pipeline
     edited = "Inject a clock and a sleep function; assert on the waits, never sleep."
     response = admin_client.post(
         f"/admin/bot/queuedtweet/{tweet.id}/change/",
-        # What the browser sends: the button, the text, and the (empty) audit inline's form.
+        # What the browser sends: the button, the text, the draft version the page showed,
+        # and the (empty) audit inline's form.
         {
             "reply_text": edited,
+            "shown_version": shown_version(page),
             "_approve": "Approve",
             "decisions-TOTAL_FORMS": "0",
             "decisions-INITIAL_FORMS": "0",
@@ -298,7 +300,9 @@ def test_invariant_3_nothing_is_lost_and_nothing_doubled_under_random_failures(p
                 if (n + step) % 7 == 3:
                     reply_reject(tweet, actor="owner", channel=Channel.TELEGRAM)
                 else:
-                    reply_approve(tweet, actor="owner", channel=Channel.TELEGRAM)
+                    reply_approve(
+                        tweet, actor="owner", channel=Channel.TELEGRAM, version=tweet.draft_version
+                    )
             assert_nothing_lost()
         when += timedelta(minutes=3)
     pipeline.x.faults.clear()
@@ -311,7 +315,9 @@ def test_invariant_3_nothing_is_lost_and_nothing_doubled_under_random_failures(p
         with time_machine.travel(when):
             run_pipeline()
             for tweet in QueuedTweet.objects.filter(status=Status.PENDING):
-                reply_approve(tweet, actor="owner", channel=Channel.TELEGRAM)
+                reply_approve(
+                    tweet, actor="owner", channel=Channel.TELEGRAM, version=tweet.draft_version
+                )
 
     assert_nothing_lost()
     rows = QueuedTweet.objects.filter(target_tweet_id__in=posts)

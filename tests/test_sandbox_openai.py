@@ -247,6 +247,34 @@ def test_output_modes_with_a_schema(client, app):
     assert all(plain in wrapped for plain, wrapped in zip(normal, quoted, strict=True))
 
 
+def test_half_an_emoji_reaches_the_client_as_a_lone_surrogate(client, app, url):
+    normal = ask(client).choices[0].message.content
+    app.output_mode = "lone_surrogate"
+    raw = post_raw(url, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": POST}]})
+    assert "\\ud83d" in raw.text, "sent as an escape: the body itself is valid UTF-8"
+    content = ask(client).choices[0].message.content
+    assert content == normal + " \ud83d"
+    with pytest.raises(UnicodeEncodeError):
+        content.encode("utf-8")
+
+
+def test_half_an_emoji_inside_a_json_answer_is_an_escape_in_its_text(client, app):
+    fmt = json_schema(REPLIES_SCHEMA)
+    normal = json.loads(ask(client, response_format=fmt).choices[0].message.content)["replies"]
+    app.output_mode = "lone_surrogate"
+    content = ask(client, response_format=fmt).choices[0].message.content
+    assert "\\ud83d" in content, "the model's own JSON escapes it"
+    assert json.loads(content)["replies"] == [reply + " \ud83d" for reply in normal]
+
+
+def test_nul_inside_the_reply(client, app):
+    normal = ask(client).choices[0].message.content
+    app.output_mode = "nul"
+    content = ask(client).choices[0].message.content
+    assert "\x00" in content
+    assert content.replace("\x00", "") == normal
+
+
 def test_max_tokens_cuts_the_answer(client):
     choice = ask(client, max_tokens=3).choices[0]
     assert choice.finish_reason == "length"
@@ -279,6 +307,17 @@ def test_unknown_model_is_404_model_not_found(url):
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == "model_not_found"
     assert "gpt-9" in error["message"]
+
+
+def test_unknown_model_can_be_refused_as_openrouter_does(url, client, app):
+    app.unknown_model_style = "openrouter"
+    reply = post_raw(url, {"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]})
+    assert reply.status_code == 400
+    assert reply.json() == {"error": {"message": "gpt-9 is not a valid model ID", "code": 400}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(client, model="gpt-9")
+    assert refused.value.body == {"message": "gpt-9 is not a valid model ID", "code": 400}
+    assert ask(client).choices[0].message.content, "a served model still answers"
 
 
 @pytest.mark.parametrize(
@@ -388,16 +427,25 @@ def test_hang_runs_into_the_client_timeout(url, app):
 
 
 def test_control_api_switches_output_and_reports_state(url, client):
-    seed = {"output_mode": "empty", "api_key": "sk-secret-value", "score": 0.5}
+    seed = {
+        "output_mode": "empty",
+        "api_key": "sk-secret-value",
+        "score": 0.5,
+        "unknown_model_style": "openrouter",
+    }
     assert requests.post(f"{url}/_sandbox/seed", json=seed, timeout=5).ok
     state = requests.get(f"{url}/_sandbox/state", timeout=5).json()
     assert state["output_mode"] == "empty"
     assert state["api_key_required"] is True
+    assert state["unknown_model_style"] == "openrouter"
     assert "sk-secret-value" not in json.dumps(state)
     bad = requests.post(f"{url}/_sandbox/seed", json={"output_mode": "poetry"}, timeout=5)
+    assert bad.status_code == 400
+    bad = requests.post(f"{url}/_sandbox/seed", json={"unknown_model_style": "x"}, timeout=5)
     assert bad.status_code == 400
     assert requests.post(f"{url}/_sandbox/reset", timeout=5).ok
     assert ask(client).choices[0].message.content  # normal again, any key accepted
     state = requests.get(f"{url}/_sandbox/state", timeout=5).json()
     assert (state["output_mode"], state["api_key_required"]) == ("normal", False)
+    assert state["unknown_model_style"] == "openai"
     assert len(state["completions"]) == 1

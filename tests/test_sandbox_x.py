@@ -38,6 +38,32 @@ DUPLICATE = {
     "title": "Forbidden",
     "status": 403,
 }
+PROBLEMS = "https://api.twitter.com/2/problems/"
+READ_ONLY = {
+    "title": "Forbidden",
+    "type": PROBLEMS + "oauth1-permissions",
+    "status": 403,
+    "detail": "Your client app is not configured with the appropriate oauth1 app "
+    "permissions for this endpoint.",
+}
+SUSPENDED = {
+    "errors": [
+        {
+            "code": 64,
+            "message": "Your account is suspended and is not permitted to access this feature",
+        }
+    ]
+}
+LOCKED = {
+    "errors": [
+        {
+            "code": 326,
+            "message": "To protect our users from spam and other malicious activity, this "
+            "account is temporarily locked. Please log in to https://twitter.com to unlock "
+            "your account.",
+        }
+    ]
+}
 REPLY_RULE = (
     "Reply to this conversation is not allowed because you have not been mentioned or "
     "otherwise engaged by the author of the post you are replying to."
@@ -310,6 +336,48 @@ def test_unknown_user_timeline_answers_200_with_not_found_error(x):
     assert body.json()["errors"][0]["detail"] == "Could not find user with id: [123]."
 
 
+# --- post lookup -----------------------------------------------------------------------------
+
+
+def test_post_lookup_answers_the_post_with_the_fields_asked_for(app, x):
+    alice = app.add_user("alice", "Alice")
+    post = app.publish("alice", "hello @replyguy")
+    answer = x.get(f"/2/tweets/{post}", **{"tweet.fields": "author_id", "expansions": "author_id"})
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "data": {
+            "id": post,
+            "text": "hello @replyguy",
+            "edit_history_tweet_ids": [post],
+            "author_id": alice,
+        },
+        "includes": {"users": [{"id": alice, "name": "Alice", "username": "alice"}]},
+    }
+    assert x.get(f"/2/tweets/{post}", auth="user").json()["data"]["id"] == post
+
+
+def test_a_deleted_or_unknown_post_is_xs_200_with_a_not_found_error(app, x):
+    post = app.publish("alice", "soon gone")
+    app.delete(post)
+    for post_id in (post, "12345"):
+        answer = x.get(f"/2/tweets/{post_id}")
+        assert answer.status_code == 200
+        assert answer.json() == {
+            "errors": [
+                {
+                    "value": post_id,
+                    "detail": f"Could not find tweet with id: [{post_id}].",
+                    "title": "Not Found Error",
+                    "resource_type": "tweet",
+                    "parameter": "id",
+                    "resource_id": post_id,
+                    "type": PROBLEMS + "resource-not-found",
+                }
+            ]
+        }
+    assert x.get("/2/tweets/not-an-id").status_code == 400
+
+
 # --- search ------------------------------------------------------------------------------------
 
 
@@ -470,12 +538,15 @@ def test_delete_tweet(app, x):
         ("GET", "/2/tweets/search/recent?query=hi", "app", 450),
         ("GET", "/2/users/by/username/alice", "user", 900),
         ("GET", "/2/users/by?usernames=alice", "app", 900),
+        ("GET", "/2/tweets/{post}", "user", 900),
+        ("GET", "/2/tweets/{post}", "app", 450),
     ],
 )
 def test_every_answer_carries_the_references_rate_limits(app, x, clock, method, path, auth, limit):
     alice = app.add_user("alice")
+    post = app.publish("alice", "a post")
     body = {"json": {"text": "hi"}} if method == "POST" else {}
-    answer = x.request(method, path.format(alice=alice), auth, **body)
+    answer = x.request(method, path.format(alice=alice, post=post), auth, **body)
     assert answer.ok
     assert answer.headers["x-rate-limit-limit"] == str(limit)
     assert answer.headers["x-rate-limit-remaining"] == str(limit - 1)
@@ -553,6 +624,108 @@ def test_injected_server_errors_are_problems(app, x, status, title):
     }
 
 
+def test_an_injected_html_404_carries_no_json(app, x):
+    app.faults.add("create_tweet", "html", status=404)  # a proxy's page, not X's answer
+    answer = x.post({"text": "hi"})
+    assert answer.status_code == 404
+    assert answer.headers["Content-Type"] == "text/html"
+    with pytest.raises(requests.exceptions.JSONDecodeError):
+        answer.json()
+
+
+# --- refused setups ---------------------------------------------------------------------------
+
+
+def test_a_read_only_app_may_read_but_not_write(app, x):
+    ours = x.post({"text": "before"}).json()["data"]["id"]
+    app.read_only = True
+    for answer in (x.post({"text": "hello"}), x.delete(ours)):
+        assert answer.status_code == 403
+        assert answer.headers["Content-Type"] == "application/problem+json"
+        assert answer.json() == READ_ONLY
+    assert [p.text for p in app.posts_by("replyguy")] == ["before"]
+    assert x.get("/2/users/me", auth="user").status_code == 200
+
+
+@pytest.mark.parametrize(("state", "body"), [("suspended", SUSPENDED), ("locked", LOCKED)])
+def test_a_refused_account_gets_xs_answer_on_every_user_context_call(app, x, state, body):
+    app.account_state = state
+    for answer in (x.get("/2/users/me", auth="user"), x.post({"text": "hello"})):
+        assert (answer.status_code, answer.json()) == (403, body)
+    assert app.posts_by("replyguy") == []
+    assert x.get("/2/users/by/username/replyguy", auth="app").status_code == 200  # no account
+
+
+def test_an_unknown_account_state_is_refused(app):
+    with pytest.raises(ValueError, match="unknown account state"):
+        app.account_state = "banned"
+
+
+def test_an_app_outside_a_project_is_client_forbidden(app, x):
+    app.enrolled = False
+    for auth in ("app", "user"):
+        answer = x.get("/2/tweets/search/recent", auth=auth, query="hi")
+        assert answer.status_code == 403
+        body = answer.json()
+        assert body["type"] == PROBLEMS + "client-forbidden"
+        assert body["title"] == "Client Forbidden"
+        assert body["reason"] == "client-not-enrolled"
+
+
+def test_a_route_may_be_made_user_context_only(app, x):
+    app.user_context_only = {"search_recent"}
+    answer = x.get("/2/tweets/search/recent", auth="app", query="hi")
+    assert answer.status_code == 403
+    assert answer.json()["type"] == PROBLEMS + "unsupported-authentication"
+    assert x.get("/2/tweets/search/recent", auth="user", query="hi").status_code == 200
+    assert x.get("/2/users/by/username/replyguy", auth="app").status_code == 200
+
+
+def test_switches_are_set_shown_and_reset_over_the_control_api(app, x):
+    switches = {
+        "read_only": True,
+        "account_state": "locked",
+        "enrolled": False,
+        "user_context_only": ["search_recent"],
+    }
+    assert requests.post(f"{x.url}/_sandbox/seed", json=switches, timeout=5).ok
+    state = requests.get(f"{x.url}/_sandbox/state", timeout=5).json()
+    assert {name: state[name] for name in switches} == switches
+    assert (app.read_only, app.account_state, app.enrolled) == (True, "locked", False)
+    assert app.user_context_only == {"search_recent"}
+
+    assert requests.post(f"{x.url}/_sandbox/reset", timeout=5).ok
+    state = requests.get(f"{x.url}/_sandbox/state", timeout=5).json()
+    assert {name: state[name] for name in switches} == {
+        "read_only": False,
+        "account_state": "active",
+        "enrolled": True,
+        "user_context_only": [],
+    }
+
+
+# --- read accounting ---------------------------------------------------------------------------
+
+
+def test_posts_returned_are_counted_per_route(app, x):
+    alice = app.add_user("alice")
+    ids = [app.publish("alice", f"hello {n} @replyguy") for n in range(7)]
+    app.set_limit("search_recent", 1)
+    x.get(f"/2/users/{alice}/tweets", max_results=5)
+    x.get(f"/2/users/{alice}/tweets", since_id=ids[-1])  # nothing new: nothing read
+    x.get(f"/2/users/{OUR_USER_ID}/mentions", auth="user")
+    x.get("/2/tweets/search/recent", query="hello", max_results=10)
+    x.get(f"/2/tweets/{ids[0]}")
+    x.get("/2/tweets/12345")  # not found: nothing read
+    assert x.get("/2/tweets/search/recent", query="hello").status_code == 429
+
+    expected = {"user_tweets": 5, "user_mentions": 7, "search_recent": 7, "tweet_lookup": 1}
+    assert app.posts_returned == expected
+    assert requests.get(f"{x.url}/_sandbox/state", timeout=5).json()["posts_returned"] == (expected)
+    app.reset()
+    assert app.posts_returned == {}
+
+
 # --- state ---------------------------------------------------------------------------------------
 
 
@@ -580,6 +753,8 @@ def test_scheduled_posts_appear_as_time_passes(app, x, clock):
 
 def test_snapshot_seeds_an_identical_world_and_reset_forgets_it(app, clock):
     app.exempt = True
+    app.read_only = True
+    app.account_state = "suspended"
     target = app.publish("alice", "hello @replyguy")
     app.publish("replyguy", "hi", reply_to=target)
     app.delete(app.publish("bob", "unrelated"))
@@ -598,6 +773,15 @@ def test_snapshot_seeds_an_identical_world_and_reset_forgets_it(app, clock):
     assert [u["username"] for u in after["users"]] == [OUR_USERNAME]
     assert after["posts"] == []
     assert after["exempt"] is False
+    assert (after["read_only"], after["account_state"]) == (False, "active")
+
+
+def test_text_is_kept_as_posted_even_nul_and_lone_surrogates(app, x):
+    alice = app.add_user("alice")
+    app.publish("alice", "nul\x00 and \ud800")
+    answer = x.get(f"/2/users/{alice}/tweets")
+    assert '"nul\\u0000 and \\ud800"' in answer.text  # JSON escapes, as X sends them
+    assert answer.json()["data"][0]["text"] == "nul\x00 and \ud800"
 
 
 def test_control_api_seeds_and_reads_state(x):

@@ -1,16 +1,30 @@
 """The X API v2 client: the only module that imports tweepy.
 
-Every call goes through the ``twitter_api`` circuit breaker and ends in a value or a
-``ClientError`` whose kind says whose business the failure is:
+Every call ends in a value or a ``ClientError`` whose kind says whose business the
+failure is, and whose ``reason`` (``bot.clients.errors.Reason``) names a cause to act on:
 
-- ``transient`` (the breaker counts it): X could not be reached, a read got no or a
-  malformed answer, 5xx, 429 (``retry_at`` = the rate-limit reset, or the end of the
-  usage cap's period), 401 and credential-level 403s (the owner must act);
-- ``permanent``: 400, 404 and other 403s (deleted target, not allowed) belong to the item;
+- ``transient``: X could not be reached, a read got no or a malformed answer, or 5xx:
+  the ``twitter_api`` circuit breaker counts it. Two named causes besides:
+
+  - ``RATE_LIMITED`` (429, or the usage cap): ``retry_at`` is the rate-limit reset (the
+    period's end for the cap; now + 15 minutes when X gave neither). That endpoint alone
+    is held until then in the shared cache (``resilience.holds``), so no process calls it
+    again early: a held call raises the same error without sending anything or asking
+    the breaker. The breaker does not count it; other endpoints carry on.
+  - ``CONFIGURATION``: our setup is refused (401; a read-only app, an app outside a
+    Project or the wrong kind of auth; our account suspended or locked; a 404 that is
+    not X's, i.e. ``X_API_BASE_URL`` does not reach X). ``retry_at`` is now +
+    ``CONFIGURATION_HOLD``, so the breaker opens at once and stays open that long; the
+    message says what to fix and never quotes a credential.
+
+- ``permanent``: 400, X's own 404 and other 403s (deleted target, not allowed) belong
+  to the item;
 - ``ambiguous``: a write went out and no usable answer came back (read timeout, dropped
-  connection, HTML or truncated body), or X's 403 duplicate content: the post may exist,
-  reconcile with ``our_recent_replies()`` before anything is retried;
+  connection, HTML or truncated body), or X's 403 duplicate content: the post may exist.
+  Reconcile by paging ``our_posts()`` (replies included) before anything is retried;
 - ``not_permitted``: X's 2026 reply rule refused the reply: hand off to the owner.
+
+Text from X (post text, usernames, names) is passed through ``clean_text`` on the way in.
 
 tweepy hard-codes ``https://api.twitter.com`` and sets no timeout, so an adapter on its
 session rewrites that prefix to ``base_url`` and applies ``timeout`` to every request.
@@ -20,26 +34,40 @@ It retries nothing: ``wait_on_rate_limit`` stays off and the pipeline reschedule
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 import tweepy
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
-from bot.clients.errors import ClientError, ErrorKind
-from resilience import CircuitBreaker, get_breaker
+from bot.clients.errors import ClientError, ErrorKind, Reason
+from bot.text import clean_text
+from resilience import CircuitBreaker, get_breaker, holds
 
-__all__ = ["X_HOST", "Page", "Post", "RateLimit", "User", "XClient"]
+__all__ = ["CONFIGURATION_HOLD", "X_HOST", "Page", "Post", "RateLimit", "User", "XClient"]
 
 X_HOST = "https://api.twitter.com"
 BREAKER = "twitter_api"
 SERVICE = "x"
+
+# The settings X's user-context auth needs (the bearer token is optional: reads fall back
+# to user context without it).
+CREDENTIAL_SETTINGS = ("X_API_KEY", "X_API_SECRET", "X_ACCESS_TOKEN", "X_ACCESS_TOKEN_SECRET")
+# How long a refused setup keeps the breaker open: the owner has to act, so asking X
+# every few seconds would only spend requests (and look like abuse on a locked account).
+CONFIGURATION_HOLD = 600.0
+# A 429 without a reset header: X's windows are 15 minutes.
+RATE_LIMIT_FALLBACK = 900.0
+HOLD_KEY = "replyguy:x:hold:{endpoint}:{scope}"
 
 TWEET_FIELDS = [
     "id",
@@ -58,12 +86,19 @@ USER_FIELDS = ["id", "name", "username"]
 DUPLICATE_MARKERS = ("duplicate content", "status is a duplicate")
 REPLY_RULE_MARKERS = ("reply to this conversation is not allowed",)
 TARGET_GONE_MARKERS = ("deleted or not visible",)
-# ClientError.reason values the pipeline acts on.
-DUPLICATE = "duplicate"
-TARGET_GONE = "target_gone"
+# Our own account refused, in X's v1-style codes or its words. "User has been suspended"
+# is about someone else's account (a 200 lookup error) and must not match.
+SUSPENDED_CODE = 64
+LOCKED_CODE = 326
+SUSPENDED_MARKERS = ("account is suspended", "account has been suspended")
+LOCKED_MARKERS = ("account is temporarily locked", "account is locked", "account has been locked")
 DUPLICATE_CODE = 187  # the v1-style body's code for a duplicate
-# 403 problem types that mean our credentials or app setup, not the item, are wrong.
-CREDENTIAL_PROBLEMS = ("unsupported-authentication", "client-forbidden")
+# X's "Sorry, that page does not exist": the route, not the item, is unknown.
+NO_SUCH_PAGE_CODE = 34
+# 403 problem types that mean our app setup, not the item, is wrong.
+READ_ONLY_PROBLEM = "oauth1-permissions"
+UNSUPPORTED_AUTH_PROBLEM = "unsupported-authentication"
+NOT_ENROLLED_PROBLEM = "client-forbidden"
 
 T = TypeVar("T")
 Timeout = float | tuple[float, float]
@@ -143,10 +178,16 @@ class XClient:
         timeout: Timeout = (5.0, 30.0),
         breaker: CircuitBreaker | None = None,
         me: User | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """``me``: our account if already known (it costs a paid user read to ask)."""
+        """``me``: our account if already known (it costs a paid user read to ask).
+
+        ``clock``: Unix seconds, the time base of X's resets and of holds (tests pass the
+        sandbox's clock).
+        """
         self.base_url = base_url.rstrip("/")
         self._breaker = breaker if breaker is not None else get_breaker(BREAKER)
+        self._clock = clock
         # App-only (bearer) auth for public reads when we have a bearer token; OAuth 1.0a
         # user context for owned reads and writes.
         self._app_auth = bool(bearer_token)
@@ -168,6 +209,11 @@ class XClient:
     def from_settings(
         cls, *, breaker: CircuitBreaker | None = None, me: User | None = None
     ) -> XClient:
+        """The client Reply Guy's settings describe; ``ImproperlyConfigured`` naming every
+        credential that is missing."""
+        missing = [name for name in CREDENTIAL_SETTINGS if not getattr(settings, name, "")]
+        if missing:
+            raise ImproperlyConfigured(f"X is not configured: set {', '.join(missing)}")
         return cls(
             base_url=settings.X_API_BASE_URL,
             bearer_token=settings.X_BEARER_TOKEN,
@@ -197,6 +243,7 @@ class XClient:
                 "me",
                 lambda: self._tweepy.get_me(user_auth=True, user_fields=USER_FIELDS),
                 lambda body: _user(body["data"]),
+                user_auth=True,
             )
         return self._me
 
@@ -204,18 +251,37 @@ class XClient:
         """Accounts by username (lower-cased keys); unknown ones are simply absent."""
         names = sorted({name.lstrip("@").lower() for name in usernames if name.strip("@ ")})
         found: dict[str, User] = {}
+        user = not self._app_auth
         for start in range(0, len(names), 100):  # X takes at most 100 per request
             chunk = names[start : start + 100]
             found.update(
                 self._call(
                     "users_by",
                     lambda chunk=chunk: self._tweepy.get_users(
-                        usernames=chunk, user_fields=USER_FIELDS, user_auth=not self._app_auth
+                        usernames=chunk, user_fields=USER_FIELDS, user_auth=user
                     ),
                     _users_by_name,
+                    user_auth=user,
                 )
             )
         return found
+
+    def post_visible(self, post_id: str) -> bool:
+        """Whether X still has post ``post_id``: False only when X itself says it does not
+        exist (deleted, or never was). Any other failure raises as usual."""
+        user = not self._app_auth
+        try:
+            return self._call(
+                "tweet_lookup",
+                lambda: self._tweepy.get_tweet(post_id, user_auth=user),
+                _visible,
+                user_auth=user,
+            )
+        except ClientError as exc:
+            # X's own 404 problem; a 404 that is not X's is CONFIGURATION and goes up.
+            if exc.kind is ErrorKind.PERMANENT and exc.status == 404:
+                return False
+            raise
 
     def user_posts(
         self,
@@ -230,9 +296,34 @@ class XClient:
             user_id,
             owned=False,
             since_id=since_id,
+            until_id=None,
             max_results=max_results,
             pagination_token=pagination_token,
             exclude=exclude,
+        )
+
+    def our_posts(
+        self,
+        *,
+        since_id: str | None = None,
+        until_id: str | None = None,
+        pagination_token: str | None = None,
+        max_results: int = 100,
+    ) -> Page:
+        """All our own posts, replies included and retweets excluded, newest first.
+
+        An owned read (user context, X's cheaper price). For reconciling an ambiguous
+        publish the caller pages (``next_token``) down to its own cursor, looking for a
+        reply whose ``replied_to_id`` is the target; ``until_id`` bounds a page from above.
+        """
+        return self._timeline(
+            self.me().id,
+            owned=True,
+            since_id=since_id,
+            until_id=until_id,
+            max_results=max_results,
+            pagination_token=pagination_token,
+            exclude=("retweets",),
         )
 
     def mentions(
@@ -257,6 +348,7 @@ class XClient:
                 user_auth=True,
             ),
             _page,
+            user_auth=True,
         )
 
     def search_recent(
@@ -267,6 +359,7 @@ class XClient:
         max_results: int = 100,
         next_token: str | None = None,
     ) -> Page:
+        user = not self._app_auth
         return self._call(
             "search_recent",
             lambda: self._tweepy.search_recent_tweets(
@@ -277,25 +370,11 @@ class XClient:
                 tweet_fields=TWEET_FIELDS,
                 expansions=EXPANSIONS,
                 user_fields=USER_FIELDS,
-                user_auth=not self._app_auth,
+                user_auth=user,
             ),
             _page,
+            user_auth=user,
         )
-
-    def our_recent_replies(
-        self, *, since_id: str | None = None, max_results: int = 100
-    ) -> list[Post]:
-        """Our latest replies, newest first, for reconciling an ambiguous publish: look
-        for one whose ``replied_to_id`` is the target."""
-        page = self._timeline(
-            self.me().id,
-            owned=True,
-            since_id=since_id,
-            max_results=max_results,
-            pagination_token=None,
-            exclude=("retweets",),
-        )
-        return [post for post in page.posts if post.is_reply]
 
     def _timeline(
         self,
@@ -303,25 +382,29 @@ class XClient:
         *,
         owned: bool,
         since_id: str | None,
+        until_id: str | None,
         max_results: int,
         pagination_token: str | None,
         exclude: Iterable[str],
     ) -> Page:
         excluded = list(exclude) or None  # an empty "exclude=" is a 400 on X
+        user = owned or not self._app_auth
         return self._call(
             "user_tweets",
             lambda: self._tweepy.get_users_tweets(
                 user_id,
                 since_id=since_id,
+                until_id=until_id,
                 max_results=max_results,
                 pagination_token=pagination_token,
                 exclude=excluded,
                 tweet_fields=TWEET_FIELDS,
                 expansions=EXPANSIONS,
                 user_fields=USER_FIELDS,
-                user_auth=owned or not self._app_auth,
+                user_auth=user,
             ),
             _page,
+            user_auth=user,
         )
 
     # --- writes ------------------------------------------------------------------------
@@ -337,6 +420,7 @@ class XClient:
                 text=text, in_reply_to_tweet_id=in_reply_to, user_auth=True
             ),
             lambda body: str(body["data"]["id"]),
+            user_auth=True,
             write=True,
         )
 
@@ -351,6 +435,7 @@ class XClient:
             "delete_tweet",
             lambda: self._tweepy.delete_tweet(post_id, user_auth=True),
             deleted,
+            user_auth=True,
             write=True,
         )
 
@@ -362,10 +447,23 @@ class XClient:
         send: Callable[[], requests.Response],
         parse: Callable[[dict[str, Any]], T],
         *,
+        user_auth: bool,
         write: bool = False,
     ) -> T:
-        # The mapping runs inside the breaker call so the breaker judges ClientErrors.
-        return self._breaker.call(self._attempt, endpoint, send, parse, write)
+        # X limits each endpoint per token: our user token and the app's bearer token
+        # have separate windows, so each is held on its own.
+        key = HOLD_KEY.format(endpoint=endpoint, scope="user" if user_auth else "app")
+        until = holds.held_until(key, self._clock())
+        if until is not None:
+            # Known to be refused: no request, and nothing for the breaker to judge.
+            raise _held(endpoint, until)
+        try:
+            # The mapping runs inside the breaker call so the breaker judges ClientErrors.
+            return self._breaker.call(self._attempt, endpoint, send, parse, write)
+        except ClientError as exc:
+            if exc.reason == Reason.RATE_LIMITED and exc.retry_at is not None:
+                holds.hold(key, exc.retry_at, now=self._clock())
+            raise
 
     def _attempt(
         self,
@@ -378,7 +476,7 @@ class XClient:
             response = send()
         except tweepy.HTTPException as exc:
             self._record_limits(endpoint, exc.response)
-            raise _http_error(exc.response, write=write) from exc
+            raise _http_error(exc.response, write=write, now=self._clock()) from exc
         except requests.RequestException as exc:
             raise _network_error(exc, write=write) from exc
         except tweepy.TweepyException as exc:  # refused before anything was sent
@@ -450,51 +548,142 @@ def _never_sent(exc: requests.RequestException) -> bool:
     return isinstance(reason, NewConnectionError | ConnectTimeoutError)
 
 
-def _http_error(response: requests.Response, *, write: bool) -> ClientError:
+def _http_error(response: requests.Response, *, write: bool, now: float) -> ClientError:
     status = response.status_code
     body = _json_or_none(response)
     detail = _detail(body) or f"HTTP {status} {response.reason}"
 
     def error(
-        kind: ErrorKind, message: str = detail, retry_at: float | None = None, reason: str = ""
+        kind: ErrorKind,
+        message: str = detail,
+        retry_at: float | None = None,
+        reason: Reason = Reason.NONE,
     ) -> ClientError:
         return ClientError(
             message, kind=kind, service=SERVICE, status=status, retry_at=retry_at, reason=reason
         )
 
+    def configuration(message: str) -> ClientError:
+        # Every call would fail alike until the owner acts: service-level, held a while.
+        return error(ErrorKind.TRANSIENT, message, now + CONFIGURATION_HOLD, Reason.CONFIGURATION)
+
     if status == 429:
-        cap_end = _usage_cap_end(body)
+        cap_end = _usage_cap_end(body, now)
         if cap_end is not None:
-            return error(ErrorKind.TRANSIENT, f"usage cap reached: {detail}", cap_end)
-        return error(ErrorKind.TRANSIENT, f"rate limited: {detail}", _reset_at(response.headers))
+            return error(
+                ErrorKind.TRANSIENT, f"usage cap reached: {detail}", cap_end, Reason.RATE_LIMITED
+            )
+        reset = _reset_at(response.headers)
+        retry_at = reset if reset is not None else now + RATE_LIMIT_FALLBACK
+        return error(ErrorKind.TRANSIENT, f"rate limited: {detail}", retry_at, Reason.RATE_LIMITED)
     if status >= 500:
         if write and body is None:
             # A proxy's error page: the request may have reached X and posted.
             return error(ErrorKind.AMBIGUOUS, f"no usable answer to a write: {detail}")
         return error(ErrorKind.TRANSIENT)
+    account = _account_refused(body) if status in (401, 403) else None
+    if account is not None:
+        return configuration(account)
     if status == 401:
-        return error(ErrorKind.TRANSIENT, f"X refused our credentials: {detail}")
+        return configuration(
+            f"X refused our credentials ({detail}): check {_credentials_used(response)}"
+        )
+    if status == 404 and not _x_knows_the_route(body):
+        # Nothing reached X's API (a wrong base URL, a proxy's page): even a write is
+        # certainly not posted, and every call would fail alike.
+        return configuration(
+            f"{_where(response)} answered 404 without X's error body: "
+            "check X_API_BASE_URL points at the X API"
+        )
     if status == 403:
-        return _forbidden(body, detail, error)
+        return _forbidden(body, detail, error, configuration)
     return error(ErrorKind.PERMANENT)
 
 
 def _forbidden(
-    body: dict[str, Any] | None, detail: str, error: Callable[..., ClientError]
+    body: dict[str, Any] | None,
+    detail: str,
+    error: Callable[..., ClientError],
+    configuration: Callable[[str], ClientError],
 ) -> ClientError:
     lowered = " ".join(_messages(body)).lower() or detail.lower()
-    codes = [e.get("code") for e in (body or {}).get("errors", []) if isinstance(e, dict)]
-    if any(marker in lowered for marker in DUPLICATE_MARKERS) or DUPLICATE_CODE in codes:
+    if any(marker in lowered for marker in DUPLICATE_MARKERS) or DUPLICATE_CODE in _codes(body):
         # X says we already posted this text: perhaps this very reply. Reconcile.
-        return error(ErrorKind.AMBIGUOUS, f"duplicate content: {detail}", reason=DUPLICATE)
+        return error(ErrorKind.AMBIGUOUS, f"duplicate content: {detail}", reason=Reason.DUPLICATE)
     if any(marker in lowered for marker in REPLY_RULE_MARKERS):
         return error(ErrorKind.NOT_PERMITTED, f"reply not allowed by X: {detail}")
     if any(marker in lowered for marker in TARGET_GONE_MARKERS):
-        return error(ErrorKind.PERMANENT, reason=TARGET_GONE)
+        return error(ErrorKind.PERMANENT, reason=Reason.TARGET_GONE)
     problem = str((body or {}).get("type", ""))
-    if problem.endswith(CREDENTIAL_PROBLEMS):
-        return error(ErrorKind.TRANSIENT, f"X refused our app or credentials: {detail}")
+    if problem.endswith(READ_ONLY_PROBLEM):
+        return configuration(
+            f"X refused a write: the app may only read ({detail}). Set the app's permissions "
+            "to Read and write in the X developer portal, then regenerate the access token "
+            "and secret and update X_ACCESS_TOKEN and X_ACCESS_TOKEN_SECRET"
+        )
+    if problem.endswith(NOT_ENROLLED_PROBLEM):
+        return configuration(
+            f"X refused our app ({detail}): attach the app to a Project in the X developer "
+            "portal; X_API_KEY and X_API_SECRET must be that app's"
+        )
+    if problem.endswith(UNSUPPORTED_AUTH_PROBLEM):
+        return configuration(
+            f"X refused the kind of authentication used ({detail}): user-context calls "
+            "need X_API_KEY, X_API_SECRET, X_ACCESS_TOKEN and X_ACCESS_TOKEN_SECRET"
+        )
     return error(ErrorKind.PERMANENT)
+
+
+def _account_refused(body: dict[str, Any] | None) -> str | None:
+    """What to do when X refuses our account itself (suspended, locked); else None."""
+    lowered = " ".join(_messages(body)).lower()
+    codes = _codes(body)
+    if SUSPENDED_CODE in codes or any(marker in lowered for marker in SUSPENDED_MARKERS):
+        return (
+            "X says our account is suspended: nothing can be read or posted as it until "
+            "X lifts the suspension (appeal at help.x.com)"
+        )
+    if LOCKED_CODE in codes or any(marker in lowered for marker in LOCKED_MARKERS):
+        return (
+            "X says our account is locked: log in to x.com as it and follow X's steps to unlock it"
+        )
+    return None
+
+
+def _credentials_used(response: requests.Response) -> str:
+    """The settings behind the refused request's auth (names only, never values)."""
+    request = response.request
+    header = str(request.headers.get("Authorization", "")) if request is not None else ""
+    if header.startswith("Bearer "):
+        return "X_BEARER_TOKEN"
+    return "X_API_KEY, X_API_SECRET, X_ACCESS_TOKEN and X_ACCESS_TOKEN_SECRET"
+
+
+def _x_knows_the_route(body: dict[str, Any] | None) -> bool:
+    """A 404 body is X's answer about an item: a problem or an ``errors`` list, other
+    than X's "page does not exist" (the route itself is unknown)."""
+    if body is None or NO_SUCH_PAGE_CODE in _codes(body):
+        return False
+    return isinstance(body.get("errors"), list) or "type" in body or "title" in body
+
+
+def _where(response: requests.Response) -> str:
+    """Scheme, host, port and path of the answered URL: no query, no user info."""
+    url = urlsplit(response.url or "")
+    port = f":{url.port}" if url.port else ""
+    return f"{url.scheme}://{url.hostname}{port}{url.path}"
+
+
+def _held(endpoint: str, until: float) -> ClientError:
+    when = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return ClientError(
+        f"{endpoint} rate limited: held until {when}",
+        kind=ErrorKind.TRANSIENT,
+        service=SERVICE,
+        status=429,
+        retry_at=until,
+        reason=Reason.RATE_LIMITED,
+    )
 
 
 def _malformed(status: int, exc: Exception, *, write: bool) -> ClientError:
@@ -542,8 +731,16 @@ def _detail(body: dict[str, Any] | None) -> str:
     return messages[0] if messages else ""
 
 
-def _usage_cap_end(body: dict[str, Any] | None) -> float | None:
-    """When X's usage-cap 429 lifts: the start of the next period (UTC)."""
+def _codes(body: dict[str, Any] | None) -> list[Any]:
+    """The v1-style ``errors[].code`` values."""
+    errors = (body or {}).get("errors")
+    if not isinstance(errors, list):
+        return []
+    return [error.get("code") for error in errors if isinstance(error, dict)]
+
+
+def _usage_cap_end(body: dict[str, Any] | None, now: float) -> float | None:
+    """When X's usage-cap 429 lifts: the start of the next period (UTC) after ``now``."""
     if not body:
         return None
     if (
@@ -551,13 +748,13 @@ def _usage_cap_end(body: dict[str, Any] | None) -> float | None:
         and body.get("title") != "UsageCapExceeded"
     ):
         return None
-    now = datetime.now(UTC)
+    today = datetime.fromtimestamp(now, UTC)
     if str(body.get("period", "Monthly")).lower() == "daily":
-        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        day = today.replace(hour=0, minute=0, second=0, microsecond=0)
         return day.timestamp() + 24 * 60 * 60
-    if now.month == 12:
-        return datetime(now.year + 1, 1, 1, tzinfo=UTC).timestamp()
-    return datetime(now.year, now.month + 1, 1, tzinfo=UTC).timestamp()
+    if today.month == 12:
+        return datetime(today.year + 1, 1, 1, tzinfo=UTC).timestamp()
+    return datetime(today.year, today.month + 1, 1, tzinfo=UTC).timestamp()
 
 
 def _reset_at(headers: Any) -> float | None:
@@ -586,7 +783,11 @@ def _rate_limit(headers: Any) -> RateLimit | None:
 
 
 def _user(data: dict[str, Any]) -> User:
-    return User(id=str(data["id"]), username=data["username"], name=data.get("name", ""))
+    return User(
+        id=str(data["id"]),
+        username=clean_text(data["username"]),
+        name=clean_text(data.get("name") or ""),
+    )
 
 
 def _users_by_name(body: dict[str, Any]) -> dict[str, User]:
@@ -594,10 +795,21 @@ def _users_by_name(body: dict[str, Any]) -> dict[str, User]:
     return {user.username.lower(): user for user in users}
 
 
+def _visible(body: dict[str, Any]) -> bool:
+    if body.get("data"):
+        return True
+    errors = [e for e in body.get("errors") or [] if isinstance(e, dict)]
+    if errors and all(str(e.get("type", "")).endswith("resource-not-found") for e in errors):
+        return False  # X's 200 for a deleted or unknown post
+    _raise_for_missing_resource(body)  # any other refusal, as X worded it
+    raise KeyError("data")  # neither data nor errors: a malformed answer
+
+
 def _page(body: dict[str, Any]) -> Page:
     _raise_for_missing_resource(body)
     usernames = {
-        str(user["id"]): user["username"] for user in (body.get("includes") or {}).get("users", [])
+        str(user["id"]): clean_text(user["username"])
+        for user in (body.get("includes") or {}).get("users", [])
     }
     meta = body.get("meta") or {}
     return Page(
@@ -612,7 +824,7 @@ def _post(data: dict[str, Any], usernames: dict[str, str]) -> Post:
     entities = data.get("entities") or {}
     return Post(
         id=str(data["id"]),
-        text=data["text"],
+        text=clean_text(data["text"]),
         author_id=author_id,
         author_username=usernames.get(author_id),
         created_at=datetime.fromisoformat(data["created_at"]),
@@ -621,5 +833,5 @@ def _post(data: dict[str, Any], usernames: dict[str, str]) -> Post:
         referenced=tuple(
             (ref["type"], str(ref["id"])) for ref in data.get("referenced_tweets") or []
         ),
-        mentions=tuple(m["username"] for m in entities.get("mentions") or []),
+        mentions=tuple(clean_text(m["username"]) for m in entities.get("mentions") or []),
     )

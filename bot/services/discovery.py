@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from bot.clients.errors import ClientError, ErrorKind
+from bot.clients.errors import ErrorKind, Reason
 from bot.models import (
     Cursor,
     OptedOutAuthor,
@@ -30,7 +30,7 @@ from bot.models import (
     TargetAccount,
 )
 from bot.services.account import our_account
-from resilience import CircuitOpenError
+from resilience import ServiceError
 from resilience.alerts import raise_alert
 
 if TYPE_CHECKING:
@@ -55,18 +55,23 @@ def discover_all(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
     try:
         me = our_account(x)
         feeds = _feeds(x, me.id)
-    except (ClientError, CircuitOpenError) as exc:
+    except ServiceError as exc:
         log.warning("discover: X unavailable, nothing read: %s", exc)
         return counts
     for feed in feeds:
+        # One source failing, for any reason, never stops the others; its cursor stays.
         try:
             posts, newest = _read(feed, now)
-        except (ClientError, CircuitOpenError) as exc:
+            found, queued = _save(feed, posts, newest, me, now)
+        except ServiceError as exc:
             log.warning("discover: %s not read, will try again: %s", feed.key, exc)
-            if isinstance(exc, CircuitOpenError):
+            if exc.reason == Reason.CIRCUIT_OPEN:
                 break
             continue
-        found, queued = _save(feed, posts, newest, me, now)
+        except Exception:
+            log.exception("discover: %s failed unexpectedly; its cursor stays", feed.key)
+            counts["crashed"] = counts.get("crashed", 0) + 1
+            continue
         counts["found"] += found
         counts["queued"] += queued
         counts["skipped"] += found - queued
@@ -111,7 +116,7 @@ def _resolve_targets(x: XClient) -> None:
         return
     try:
         users = x.lookup_users([target.username for target in unresolved])
-    except ClientError as exc:
+    except ServiceError as exc:
         if exc.kind is ErrorKind.TRANSIENT:
             raise
         # An item-level refusal must not stop every other source from being read.
@@ -177,10 +182,35 @@ def _save(
             ).values_list("target_tweet_id", flat=True)
         )
         fresh = [row for row in rows if row.target_tweet_id not in known]
-        QueuedTweet.objects.bulk_create(fresh, ignore_conflicts=True)
+        try:
+            with transaction.atomic():
+                QueuedTweet.objects.bulk_create(fresh, ignore_conflicts=True)
+        except DatabaseError:
+            fresh = _save_one_by_one(fresh)
         if newest:
             Cursor.objects.update_or_create(source=feed.key, defaults={"since_id": newest})
     return len(fresh), sum(1 for row in fresh if row.status == Status.NEW)
+
+
+def _save_one_by_one(rows: list[QueuedTweet]) -> list[QueuedTweet]:
+    """The database refused the batch: save each post alone, and keep a bad one as skipped.
+
+    Nothing is lost: a post the database will not take as it is (a value past what a
+    column holds, say) is kept as ``skipped`` with the reason and its text left out.
+    """
+    for row in rows:
+        try:
+            with transaction.atomic():
+                QueuedTweet.objects.bulk_create([row], ignore_conflicts=True)
+        except DatabaseError as exc:
+            log.warning("discover: post %s cannot be stored as it is: %s", row.target_tweet_id, exc)
+            row.author_username = row.author_username[:100]
+            row.text = ""
+            row.status = Status.SKIPPED
+            row.skip_reason = f"could not be stored: {str(exc)[:150]}"
+            with transaction.atomic():
+                QueuedTweet.objects.bulk_create([row], ignore_conflicts=True)
+    return rows
 
 
 def _row(

@@ -1,55 +1,64 @@
-"""Schedule, publish exactly once, hand off, recover and reconcile.
+"""Publish approved replies exactly once, or hand them to the owner.
 
-Publishing follows one rule: record the intent before calling X, and never call X
-again for a row whose outcome is unknown until our own timeline has been checked.
-X has no idempotency key, so a reply that may exist is looked for, not re-sent.
+One rule: look before you post, record the intent before calling X, and never call X
+again for a row whose outcome is unknown until our own timeline has been read. X has
+no idempotency key, so a reply that may exist is looked for, not re-sent.
+
+A publish is three steps, each its own function so that a test can interleave them
+across workers: ``claim_next`` (under a lock, keeping every cap), ``reply_send`` (the
+claim is checked and the send recorded, then X is called), ``reply_record`` (the answer
+is written, naming the claim it belongs to).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import uuid
-from datetime import UTC, datetime, timedelta
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from bot.clients.errors import ClientError, ErrorKind
-from bot.clients.x import DUPLICATE, TARGET_GONE
-from bot.models import (
-    Channel,
-    Cursor,
-    Decision,
-    OurReply,
-    PipelineControl,
-    QueuedTweet,
-    Status,
-    TargetAccount,
-)
+from bot.clients.errors import ClientError, ErrorKind, Reason
+from bot.models import Channel, Decision, PipelineControl, QueuedTweet, Status
 from bot.pacing import Pacing, earliest_allowed
-from bot.services.queue import dead_letter, dead_letter_resolve, transition
-from resilience import CircuitOpenError
+from bot.policy import MAX_PUBLISH_ATTEMPTS, PUBLISH_LEASE, backoff, service_wait_until
+from bot.selectors import (
+    author_cap,
+    due_replies,
+    opted_out,
+    our_reply_to,
+    published_times,
+    publishing_paused,
+    through_api,
+    through_handoff,
+)
+from bot.services.dead_letters import Stage, dead_letter_resolve, fail
+from bot.services.notices import as_configuration_error, item_succeeded, notice_service_error
+from bot.services.reconciling import our_replies_refresh
+from bot.services.transitions import UNCLAIMED, audit, posted_fields, remember_our_reply, transition
+from resilience import ServiceError
 
 if TYPE_CHECKING:
     from bot.clients.x import XClient
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=5)
-MAX_PUBLISH_ATTEMPTS = 3
-# X's timeline can trail a write by a moment: an unknown outcome is judged this long
-# after its lease ran out.
-RECONCILE_AFTER = timedelta(minutes=1)
-# How long a handed-off reply is looked for on our timeline.
-HANDOFF_WATCH = timedelta(days=3)
-OUR_REPLIES = "our_replies"
-PUBLISHED = [Status.PUBLISHING, Status.POSTED, Status.UNKNOWN]
-# A reply that did not go out gives up its claim: it no longer counts against the caps.
-UNCLAIMED = {"lease_until": None, "publish_request_id": None, "claimed_at": None}
+SYSTEM = "reply guy"
+
+
+class Screen(enum.StrEnum):
+    """What the last look before a send found."""
+
+    ANSWERED = "already_answered"
+    OPTED_OUT = "opted_out"
+    TOO_OLD = "too_old"
 
 
 def handoff_link(tweet: QueuedTweet) -> str:
@@ -58,53 +67,39 @@ def handoff_link(tweet: QueuedTweet) -> str:
     return f"https://x.com/intent/post?{query}"
 
 
-def publishing_paused() -> bool:
-    if settings.PUBLISHING_PAUSED:
-        return True
-    return PipelineControl.objects.filter(pk=1, publishing_paused=True).exists()
-
-
-# --- schedule -------------------------------------------------------------------------
-
-
-def reply_schedule(tweet: QueuedTweet, *, now: datetime | None = None) -> datetime | None:
-    """Give an approved reply its time: a random delay, then every pacing rule."""
-    now = now or timezone.now()
-    pacing = Pacing.from_settings()
-    planned = list(
-        QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=False)
-        .exclude(id=tweet.id)
-        .order_by()
-        .values_list("scheduled_at", flat=True)
-    )
-    when = earliest_allowed(now + pacing.random_delay(), pacing, planned + _published_since(now))
-    moved = QueuedTweet.objects.filter(
-        id=tweet.id, status=Status.APPROVED, scheduled_at__isnull=True
-    ).update(scheduled_at=when, updated_at=now)
-    return when if moved else None
-
-
-def schedule_approved(*, now: datetime | None = None) -> int:
-    """Schedule approved replies that have no time yet (an approval cut short by a crash)."""
-    rows = QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=True)
-    return sum(1 for tweet in rows if reply_schedule(tweet, now=now))
-
-
-# --- publish --------------------------------------------------------------------------
+# --- the pass ----------------------------------------------------------------------------
 
 
 def publish_due(x: XClient, *, now: datetime | None = None, limit: int = 20) -> dict[str, int]:
-    """Claim and publish due replies, one at a time, up to ``limit``."""
+    """Bring our replies up to date, then claim and publish due replies, one at a time.
+
+    Each reply is handled on its own: an unexpected error is logged with the row, the
+    row keeps its claim until its lease runs out (the send may have happened, so only
+    reconcile may judge it), and the pass goes on.
+    """
     now = now or timezone.now()
-    counts = {"published": 0, "claimed": 0}
+    counts: Counter[str] = Counter()
+    if publishing_paused() or not through_api(due_replies(now)).exists():
+        return dict(counts)
+    # Look before you post: the owner may have answered by hand, an earlier attempt may
+    # have gone out after all. Rows that were sent before wait while we cannot look.
+    timeline_read = our_replies_refresh(x)
     for _ in range(limit):
-        tweet = claim_next(now=now)
+        tweet = claim_next(now=now, timeline_read=timeline_read, counts=counts)
         if tweet is None:
             break
         counts["claimed"] += 1
-        if reply_publish(tweet, x, now=now) == Status.POSTED:
+        try:
+            status = reply_publish(tweet, x)
+        except Exception:
+            log.exception(
+                "publish: reply %s failed unexpectedly; reconcile will judge it", tweet.id
+            )
+            counts["crashed"] += 1
+            continue
+        if status == Status.POSTED:
             counts["published"] += 1
-    return counts
+    return dict(counts)
 
 
 def hand_off_due(*, now: datetime | None = None) -> int:
@@ -112,44 +107,55 @@ def hand_off_due(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     if publishing_paused():
         return 0
-    due = _due(now)
-    if settings.REPLY_MODE == "auto":
-        due = due.filter(summoned=False)
-    elif settings.REPLY_MODE == "api":
-        return 0
-    return due.update(status=Status.HANDOFF, updated_at=now)
+    handed = 0
+    for tweet in through_handoff(due_replies(now)):
+        if _screened(tweet, now) is not None:
+            continue
+        handed += transition(tweet.id, expected=Status.APPROVED, to=Status.HANDOFF)
+    return handed
 
 
-def claim_next(*, now: datetime) -> QueuedTweet | None:
+# --- step 1: claim -------------------------------------------------------------------------
+
+
+def claim_next(
+    *, now: datetime, timeline_read: bool = True, counts: Counter[str] | None = None
+) -> QueuedTweet | None:
     """Claim the next due reply for this worker, keeping every cap across all workers.
 
     Claims are serialised on the pipeline-control row (PostgreSQL row lock; SQLite's
     IMMEDIATE transactions serialise writers anyway), so the caps counted here cannot
-    be passed by two workers at once. A reply that may not go yet is rescheduled.
+    be passed by two workers at once. A reply that may not go yet is rescheduled; one
+    that must not go at all (answered already, author opted out, post too old) is
+    settled with an audit row. ``timeline_read`` False: our timeline could not be read,
+    so replies that were sent before (and may be live) wait.
     """
     pacing = Pacing.from_settings()
     with transaction.atomic():
         control, _ = PipelineControl.objects.select_for_update().get_or_create(pk=1)
-        if control.publishing_paused or settings.PUBLISHING_PAUSED:
+        if publishing_paused(control):
             return None
         # The lock may have been a while coming: judge and stamp the claim by the time
         # it is granted, not by when this pass started.
         now = max(now, timezone.now())
-        if settings.REPLY_MODE == "handoff":
-            return None  # nothing goes through the API; hand_off_due serves these
-        candidates = _due(now).order_by("scheduled_at", "id")
-        if settings.REPLY_MODE == "auto":
-            candidates = candidates.filter(summoned=True)  # X's 2026 rule
+        candidates = through_api(due_replies(now)).order_by("scheduled_at", "id")
+        if not timeline_read:
+            candidates = candidates.filter(sent_at__isnull=True)
         if connection.features.has_select_for_update_skip_locked:
             candidates = candidates.select_for_update(skip_locked=True)
-        published = _published_since(now)
+        published = published_times(now)
         for tweet in candidates[:20]:
+            screened = _screened(tweet, now)
+            if screened is not None:
+                if counts is not None:
+                    counts[screened] += 1
+                continue
             allowed = earliest_allowed(
                 max(now, tweet.scheduled_at or now),
                 pacing,
                 published,
-                _published_since(now, author_id=tweet.author_id),
-                _author_cap(tweet),
+                published_times(now, author_id=tweet.author_id),
+                author_cap(tweet),
             )
             if allowed > now:
                 # A full cap or quiet hours move the reply, never fail it.
@@ -159,7 +165,7 @@ def claim_next(*, now: datetime) -> QueuedTweet | None:
                 continue
             claim = {
                 "claimed_at": now,
-                "lease_until": now + LEASE,
+                "lease_until": now + PUBLISH_LEASE,
                 "publish_request_id": uuid.uuid4(),
             }
             if transition(tweet.id, expected=Status.APPROVED, to=Status.PUBLISHING, **claim):
@@ -170,101 +176,129 @@ def claim_next(*, now: datetime) -> QueuedTweet | None:
     return None
 
 
-def reply_publish(tweet: QueuedTweet, x: XClient, *, now: datetime | None = None) -> Status:
-    """Send a claimed reply to X and record what happened. Returns the new status."""
-    now = now or timezone.now()
-    try:
-        reply_id = x.create_reply(in_reply_to=tweet.target_tweet_id, text=tweet.draft)
-    except CircuitOpenError as exc:
-        return _wait_for_service(tweet, now, _after(now, exc.retry_after), str(exc))
-    except ClientError as exc:
-        if exc.kind is ErrorKind.TRANSIENT:
-            until = datetime.fromtimestamp(exc.retry_at, UTC) if exc.retry_at else _after(now, None)
-            return _wait_for_service(tweet, now, until, str(exc))
-        if exc.kind is ErrorKind.NOT_PERMITTED:
-            _from_publishing(tweet, Status.HANDOFF, exc)
-            return Status.HANDOFF
-        if exc.kind is ErrorKind.AMBIGUOUS:
-            _from_publishing(tweet, Status.UNKNOWN, exc)
-            return Status.UNKNOWN
-        return _item_failure(tweet, now, exc)
-    return _mark_posted(tweet, reply_id, now)
-
-
-def _after(now: datetime, seconds: float | None) -> datetime:
-    return now + timedelta(seconds=seconds if seconds else 60)
-
-
-def _wait_for_service(tweet: QueuedTweet, now: datetime, until: datetime, error: str) -> Status:
-    """X is unwell: the reply waits (until X said to come back), keeping its attempts."""
-    transition(
-        tweet.id,
-        expected=Status.PUBLISHING,
-        to=Status.APPROVED,
-        next_attempt_at=max(until, now),
-        last_error=error,
-        last_error_kind=ErrorKind.TRANSIENT,
-        last_error_reason="",
-        **UNCLAIMED,
-    )
-    return Status.APPROVED
-
-
-def _item_failure(tweet: QueuedTweet, now: datetime, exc: ClientError) -> Status:
-    attempts = tweet.attempts + 1
-    target_gone = exc.status == 404 or exc.reason == TARGET_GONE
-    common = {
-        "attempts": attempts,
-        "last_error": str(exc),
-        "last_error_kind": exc.kind,
-        "last_error_reason": exc.reason,
-        **UNCLAIMED,
-    }
-    if target_gone or attempts >= MAX_PUBLISH_ATTEMPTS:
+def _screened(tweet: QueuedTweet, now: datetime) -> Screen | None:
+    """The last look at an approved reply before it goes: settle it if it must not go."""
+    reply_id = our_reply_to(tweet.target_tweet_id)
+    if reply_id is not None:
         with transaction.atomic():
-            if transition(tweet.id, expected=Status.PUBLISHING, to=Status.FAILED, **common):
-                dead_letter(tweet, stage="publish", error=str(exc), kind=exc.kind, now=now)
-        return Status.FAILED
-    transition(
-        tweet.id,
-        expected=Status.PUBLISHING,
-        to=Status.APPROVED,
-        next_attempt_at=now + timedelta(minutes=2**attempts),
-        **common,
-    )
-    return Status.APPROVED
+            if transition(
+                tweet.id,
+                expected=Status.APPROVED,
+                to=Status.POSTED,
+                **posted_fields(reply_id, now, tweet.claimed_at or now),
+            ):
+                audit(
+                    tweet,
+                    Decision.Action.MARK_POSTED,
+                    actor=f"{SYSTEM} (already answered on X, not sent again)",
+                    channel=Channel.SYSTEM,
+                    after=tweet.draft,
+                )
+        dead_letter_resolve(tweet)
+        return Screen.ANSWERED
+    if opted_out([tweet.author_username]):
+        _withdraw(tweet, Status.SKIPPED, Decision.Action.SKIP, "the author opted out")
+        return Screen.OPTED_OUT
+    limit = timedelta(hours=settings.MAX_REPLY_AGE_HOURS)
+    if tweet.tweet_created_at < now - limit:
+        reason = (
+            f"the post was over {settings.MAX_REPLY_AGE_HOURS} hours old when its turn came; "
+            "a reply this late reads oddly"
+        )
+        _withdraw(tweet, Status.EXPIRED, Decision.Action.EXPIRE, reason)
+        return Screen.TOO_OLD
+    return None
 
 
-def _from_publishing(tweet: QueuedTweet, to: Status, exc: ClientError) -> None:
-    fields: dict[str, object] = {
-        "last_error": str(exc),
-        "last_error_kind": exc.kind,
-        "last_error_reason": exc.reason,
-    }
-    if to is Status.HANDOFF:
-        fields.update(UNCLAIMED)
-    transition(tweet.id, expected=Status.PUBLISHING, to=to, **fields)
+def _withdraw(tweet: QueuedTweet, to: Status, action: Decision.Action, reason: str) -> None:
+    with transaction.atomic():
+        if transition(tweet.id, expected=Status.APPROVED, to=to, skip_reason=reason):
+            audit(tweet, action, actor=SYSTEM, channel=Channel.SYSTEM, before=tweet.draft)
+
+
+# --- step 2: send ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one call to X gave: a reply id or the error; neither when nothing was sent."""
+
+    reply_id: str | None = None
+    error: ServiceError | None = None
+
+
+def reply_publish(tweet: QueuedTweet, x: XClient) -> Status:
+    """Send a claimed reply to X and record what happened. Returns the row's status."""
+    return reply_record(tweet, reply_send(tweet, x), x)
+
+
+def reply_send(tweet: QueuedTweet, x: XClient) -> Answer:
+    """Call X for a claimed reply, if the claim still holds; the send is recorded first.
+
+    A worker that stalled after its claim may have lost it (its lease ran out and the
+    row moved on): then nothing is sent. Any error that is not X's answer (a bug in the
+    call) may come after the bytes went out, so it is taken as ambiguous.
+    """
+    now = timezone.now()
+    began = QueuedTweet.objects.filter(
+        id=tweet.id,
+        status=Status.PUBLISHING,
+        publish_request_id=tweet.publish_request_id,
+        lease_until__gt=now,
+    ).update(sent_at=now, updated_at=now)
+    if not began:
+        return Answer()
+    try:
+        return Answer(reply_id=x.create_reply(in_reply_to=tweet.target_tweet_id, text=tweet.draft))
+    except ServiceError as exc:
+        return Answer(error=exc)
+    except Exception as exc:
+        log.exception("publish: unexpected error calling X for reply %s", tweet.id)
+        return Answer(
+            error=ClientError(
+                f"unexpected error while calling X (the post may exist): {exc!r}",
+                kind=ErrorKind.AMBIGUOUS,
+                service="x",
+                reason=Reason.UNEXPECTED,
+            )
+        )
+
+
+# --- step 3: record -----------------------------------------------------------------------
+
+
+def reply_record(tweet: QueuedTweet, answer: Answer, x: XClient) -> Status:
+    """Write what X answered; every write names the claim (``publish_request_id``)."""
+    now = timezone.now()
+    if answer.reply_id is not None:
+        return _mark_posted(tweet, answer.reply_id, now)
+    exc = answer.error
+    if exc is None:  # the claim was lost before anything was sent
+        return _current(tweet)
+    if exc.kind is ErrorKind.TRANSIENT:
+        return _wait_for_service(tweet, now, exc)
+    if exc.kind is ErrorKind.NOT_PERMITTED:
+        return _release(tweet, Status.HANDOFF, exc, **UNCLAIMED)
+    if exc.kind is ErrorKind.AMBIGUOUS:
+        # The call is over: judge it after X's timeline lag, not after the lease.
+        return _release(tweet, Status.UNKNOWN, exc, lease_until=now)
+    assert isinstance(exc, ClientError)
+    return _item_failure(tweet, now, exc, x)
 
 
 def _mark_posted(tweet: QueuedTweet, reply_id: str, now: datetime) -> Status:
     # Matched on the request id, whatever recovery did meanwhile (judged it unknown, or
-    # even queued it again): the answer we now hold settles it.
+    # even queued it again): the answer we now hold settles it, and it counts against
+    # the caps from the time it was claimed.
     moved = QueuedTweet.objects.filter(
         id=tweet.id,
         publish_request_id=tweet.publish_request_id,
         status__in=[Status.PUBLISHING, Status.UNKNOWN, Status.APPROVED],
-    ).update(
-        status=Status.POSTED,
-        reply_tweet_id=reply_id,
-        posted_at=now,
-        lease_until=None,
-        last_error="",
-        last_error_kind="",
-        last_error_reason="",
-        updated_at=now,
-    )
+    ).update(status=Status.POSTED, updated_at=now, **posted_fields(reply_id, now, tweet.claimed_at))
+    remember_our_reply(reply_id, tweet.target_tweet_id, tweet.draft)
+    item_succeeded(Stage.PUBLISH, "x")
     if not moved:
-        current = QueuedTweet.objects.filter(id=tweet.id).values_list("status", flat=True).first()
+        current = _current(tweet)
         log.error(
             "publish: reply %s to %s was posted but row %s is now %s; reconcile will see it",
             reply_id,
@@ -272,196 +306,93 @@ def _mark_posted(tweet: QueuedTweet, reply_id: str, now: datetime) -> Status:
             tweet.id,
             current,
         )
-        return Status(current) if current else Status.POSTED
-    # Known as ours from now on: reconcile need not read it, and a quote of it summons us.
-    OurReply.objects.bulk_create(
-        [OurReply(reply_id=reply_id, in_reply_to_id=tweet.target_tweet_id)],
-        ignore_conflicts=True,
-    )
+        return current
     dead_letter_resolve(tweet)
     return Status.POSTED
 
 
-# --- recover and reconcile ----------------------------------------------------------------
-
-
-def stale_publishing(
-    *, now: datetime, older_than: timedelta | None = None
-) -> QuerySet[QueuedTweet]:
-    """Rows in ``publishing`` whose worker is gone: lease expired, or claimed too long ago."""
-    stale = Q(lease_until__lt=now)
-    if older_than is not None:
-        stale |= Q(claimed_at__lt=now - older_than)
-    return QueuedTweet.objects.filter(stale, status=Status.PUBLISHING)
-
-
-def recover_stale(*, now: datetime | None = None, older_than: timedelta | None = None) -> list[int]:
-    """Stale publishing rows become ``unknown``, for reconcile to settle."""
-    now = now or timezone.now()
-    ids = stale_publishing(now=now, older_than=older_than).values_list("id", flat=True)
-    return [
-        tweet_id
-        for tweet_id in list(ids)
-        if transition(
-            tweet_id,
-            expected=Status.PUBLISHING,
-            to=Status.UNKNOWN,
-            last_error="the worker stopped while publishing; checking our timeline",
-            last_error_kind=ErrorKind.AMBIGUOUS,
-        )
-    ]
-
-
-def reconcile(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
-    """Settle unknown outcomes and recent handoffs against our own replies on X.
-
-    An unknown row is judged only once its lease has run out (plus X's timeline lag),
-    so a call still in flight can never be taken for one that never went out. Our
-    timeline is read from a cursor: X bills every post read, so each is read once and
-    kept in ``OurReply``.
-    """
-    now = now or timezone.now()
-    unknown = list(
-        QueuedTweet.objects.filter(
-            Q(lease_until__isnull=True) | Q(lease_until__lte=now - RECONCILE_AFTER),
-            status=Status.UNKNOWN,
-        )
-    )
-    handed_off = list(
-        QueuedTweet.objects.filter(status=Status.HANDOFF, updated_at__gte=now - HANDOFF_WATCH)
-    )
-    counts = {"posted": 0, "requeued": 0, "failed": 0}
-    if not unknown and not handed_off:
-        return counts
-    try:
-        _read_our_replies(x)
-    except (ClientError, CircuitOpenError) as exc:
-        log.warning("reconcile: cannot read our timeline, will try again: %s", exc)
-        return counts
-    targets = [tweet.target_tweet_id for tweet in unknown + handed_off]
-    found = dict(
-        OurReply.objects.filter(in_reply_to_id__in=targets).values_list(
-            "in_reply_to_id", "reply_id"
-        )
-    )
-    for tweet in handed_off:
-        reply_id = found.get(tweet.target_tweet_id)
-        if reply_id and _settle_posted(tweet, Status.HANDOFF, reply_id, now, Channel.SYSTEM):
-            counts["posted"] += 1
-    for tweet in unknown:
-        reply_id = found.get(tweet.target_tweet_id)
-        if reply_id:
-            counts["posted"] += _settle_posted(tweet, Status.UNKNOWN, reply_id, now, None)
-        else:
-            counts[_requeue_unknown(tweet, now)] += 1
-    return counts
-
-
-def _read_our_replies(x: XClient) -> None:
-    """Fetch our replies newer than the cursor and keep them (rows and cursor together)."""
-    since = Cursor.objects.filter(source=OUR_REPLIES).values_list("since_id", flat=True).first()
-    replies = x.our_recent_replies(since_id=since or None, max_results=100)
-    if not replies:
-        return
-    with transaction.atomic():
-        OurReply.objects.bulk_create(
-            [OurReply(reply_id=p.id, in_reply_to_id=p.replied_to_id) for p in replies],
-            ignore_conflicts=True,
-        )
-        newest = max(replies, key=lambda post: int(post.id)).id
-        Cursor.objects.update_or_create(source=OUR_REPLIES, defaults={"since_id": newest})
-
-
-def _settle_posted(
-    tweet: QueuedTweet, expected: Status, reply_id: str, now: datetime, channel: Channel | None
-) -> bool:
-    with transaction.atomic():
-        moved = transition(
-            tweet.id,
-            expected=expected,
-            to=Status.POSTED,
-            reply_tweet_id=reply_id,
-            posted_at=now,
-            lease_until=None,
-            last_error="",
-            last_error_kind="",
-            last_error_reason="",
-        )
-        if moved and channel is not None:
-            Decision.objects.create(
-                queued_tweet=tweet,
-                action=Decision.Action.MARK_POSTED,
-                actor="reply guy (seen on our timeline)",
-                channel=channel,
-                text_after=tweet.draft,
-            )
-    if moved:
-        dead_letter_resolve(tweet)
-    return moved
-
-
-def _requeue_unknown(tweet: QueuedTweet, now: datetime) -> str:
-    """Not on our timeline once the call is surely over: it never went out. Send it again.
-
-    No attempt is spent: not knowing is the service's fault, not the item's (and a dead
-    X opens the breaker, which stops the round trips). The request id stays, so a
-    late answer to the old request still settles the row.
-    """
-    if tweet.last_error_reason == DUPLICATE:
-        # X refused the text as a copy of another of our replies: sending it again can
-        # never work. The draft stage's dead-letter retry writes a new one for approval.
-        error = (
-            f"X refused this reply as a duplicate of another of ours: {tweet.draft!r}. "
-            "Write a clearly different one."
-        )
-        with transaction.atomic():
-            # Kept as the item's own error: the new draft's prompt carries it as feedback.
-            failed = transition(
-                tweet.id,
-                expected=Status.UNKNOWN,
-                to=Status.FAILED,
-                last_error=error,
-                last_error_kind=ErrorKind.PERMANENT,
-                last_error_reason="",
-                **UNCLAIMED,
-            )
-            if failed:
-                dead_letter(tweet, stage="draft", error=error, kind=ErrorKind.PERMANENT, now=now)
-        return "failed"
-    transition(
+def _wait_for_service(tweet: QueuedTweet, now: datetime, exc: ServiceError) -> Status:
+    """X is unwell or refuses our setup: the reply waits, keeping its attempts."""
+    notice_service_error(exc)
+    fields: dict[str, object] = {}
+    if exc.reason in (Reason.CIRCUIT_OPEN, Reason.RATE_LIMITED):
+        fields["sent_at"] = tweet.sent_at  # refused before sending: nothing went out
+    moved = transition(
         tweet.id,
-        expected=Status.UNKNOWN,
+        expected=Status.PUBLISHING,
         to=Status.APPROVED,
-        scheduled_at=now,
-        next_attempt_at=now + timedelta(minutes=2),
-        lease_until=None,
-        claimed_at=None,
+        claim=tweet.publish_request_id,
+        next_attempt_at=service_wait_until(now, exc.retry_at),
+        last_error=str(exc),
+        last_error_kind=ErrorKind.TRANSIENT,
+        last_error_reason=exc.reason,
+        **UNCLAIMED,
+        **fields,
     )
-    return "requeued"
+    return Status.APPROVED if moved else _current(tweet)
 
 
-# --- selectors ----------------------------------------------------------------------------
-
-
-def _due(now: datetime) -> QuerySet[QueuedTweet]:
-    return QueuedTweet.objects.filter(
-        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
-        status=Status.APPROVED,
-        scheduled_at__lte=now,
+def _release(tweet: QueuedTweet, to: Status, exc: ServiceError, **fields: object) -> Status:
+    moved = transition(
+        tweet.id,
+        expected=Status.PUBLISHING,
+        to=to,
+        claim=tweet.publish_request_id,
+        last_error=str(exc),
+        last_error_kind=exc.kind,
+        last_error_reason=exc.reason,
+        **fields,
     )
+    return to if moved else _current(tweet)
 
 
-def _published_since(now: datetime, *, author_id: str | None = None) -> list[datetime]:
-    rows = QueuedTweet.objects.filter(status__in=PUBLISHED, claimed_at__gt=now - timedelta(days=1))
-    if author_id is not None:
-        rows = rows.filter(author_id=author_id)
-    return list(rows.order_by().values_list("claimed_at", flat=True))
+def _item_failure(tweet: QueuedTweet, now: datetime, exc: ClientError, x: XClient) -> Status:
+    """X refused this reply: one attempt spent, or the dead-letter queue.
 
-
-def _author_cap(tweet: QueuedTweet) -> int:
-    cap = (
-        TargetAccount.objects.filter(x_user_id=tweet.author_id)
-        .values_list("replies_per_author_per_day", flat=True)
-        .first()
+    A 404 is confirmed with a lookup of the target before the item is failed for it (a
+    misrouted URL answers 404 too), and the same refusal on several different replies
+    in a row is taken as our setup's, not theirs.
+    """
+    target_gone = exc.status == 404 or exc.reason == Reason.TARGET_GONE
+    if target_gone:
+        try:
+            target_gone = not x.post_visible(tweet.target_tweet_id)
+        except ServiceError as lookup_error:
+            return _wait_for_service(tweet, now, lookup_error)
+    configuration = as_configuration_error(Stage.PUBLISH, str(tweet.id), exc)
+    if configuration is not None:
+        return _wait_for_service(tweet, now, configuration)
+    attempts = tweet.attempts + 1
+    common = {
+        "attempts": attempts,
+        "last_error_kind": exc.kind,
+        "last_error_reason": exc.reason,
+        **UNCLAIMED,
+    }
+    if target_gone or attempts >= MAX_PUBLISH_ATTEMPTS:
+        fail(
+            tweet,
+            stage=Stage.PUBLISH,
+            expected=Status.PUBLISHING,
+            claim=tweet.publish_request_id,
+            error=str(exc),
+            kind=exc.kind,
+            now=now,
+            **common,
+        )
+        return _current(tweet)
+    moved = transition(
+        tweet.id,
+        expected=Status.PUBLISHING,
+        to=Status.APPROVED,
+        claim=tweet.publish_request_id,
+        next_attempt_at=now + backoff(attempts),
+        last_error=str(exc),
+        **common,
     )
-    return cap or settings.MAX_REPLIES_PER_AUTHOR_PER_DAY
+    return Status.APPROVED if moved else _current(tweet)
+
+
+def _current(tweet: QueuedTweet) -> Status:
+    status = QueuedTweet.objects.filter(id=tweet.id).values_list("status", flat=True).first()
+    return Status(status) if status else Status.PUBLISHING

@@ -11,7 +11,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from bot.models import FailedTweet
-from bot.services import publishing
+from bot.services import reconciling
 from bot.tasks import configured_x
 
 
@@ -37,15 +37,15 @@ class Command(BaseCommand):
         if minutes is not None and minutes < 1:
             raise CommandError("--timeout-minutes must be at least 1", returncode=2)
         older_than = timedelta(minutes=minutes) if minutes else None
-        stale = publishing.stale_publishing(now=now, older_than=older_than)
+        stale = reconciling.stale_publishing(now=now, older_than=older_than)
         report: dict[str, Any] = {
             "dry_run": options["dry_run"],
             "stale": list(stale.values_list("id", flat=True)),
         }
         if not options["dry_run"]:
-            report["marked_unknown"] = publishing.recover_stale(now=now, older_than=older_than)
+            report["marked_unknown"] = reconciling.recover_stale(now=now, older_than=older_than)
             x = configured_x("recover_stale")
-            report["reconciled"] = publishing.reconcile(x, now=now) if x else {}
+            report["reconciled"] = reconciling.reconcile(x, now=now) if x else {}
         report["dead_letters"] = dict(
             FailedTweet.objects.values_list("status").annotate(n=Count("id"))
         )

@@ -1,37 +1,48 @@
-"""Moving queued tweets between statuses, and the dead-letter queue."""
+"""The dead-letter queue (``failed_tweets``): failed items, their retries, their end."""
 
 from __future__ import annotations
 
+import enum
 import logging
+import uuid
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
 
 from bot.models import Channel, Decision, FailedTweet, FailedTweetStatus, QueuedTweet, Status
+from bot.policy import DEAD_LETTER_FIRST_DELAY, DEAD_LETTER_RETRIES
+from bot.services.transitions import SETTLED, audit, transition
 from resilience.alerts import raise_alert
 
 log = logging.getLogger(__name__)
 
-DLQ_BASE_DELAY = timedelta(minutes=5)
-# A tweet in one of these is done with; its dead-letter row, if any, is resolved.
-SETTLED = [Status.POSTED, Status.REJECTED, Status.SKIPPED, Status.EXPIRED, Status.HANDOFF]
+
+class Stage(enum.StrEnum):
+    DRAFT = "draft"
+    PUBLISH = "publish"
 
 
-def transition(
-    tweet_id: int, *, expected: Status | Iterable[Status], to: Status, **fields: object
+def fail(
+    tweet: QueuedTweet,
+    *,
+    stage: Stage,
+    expected: Status | Iterable[Status],
+    error: str,
+    kind: str,
+    now: datetime,
+    claim: uuid.UUID | None = None,
+    **fields: object,
 ) -> bool:
-    """Move one row if, and only if, it is still in an expected status.
-
-    The conditional UPDATE is what lets any number of workers run the same stage: the
-    one whose update counts 1 row owns the move; the others see 0 and leave it.
-    """
-    statuses = [expected] if isinstance(expected, str) else list(expected)
-    moved = QueuedTweet.objects.filter(id=tweet_id, status__in=statuses).update(
-        status=to, updated_at=timezone.now(), **fields
-    )
-    return moved == 1
+    """Move ``tweet`` to ``failed`` and record it in the dead-letter queue, atomically."""
+    with transaction.atomic():
+        if not transition(
+            tweet.id, expected=expected, to=Status.FAILED, claim=claim, last_error=error, **fields
+        ):
+            return False
+        dead_letter(tweet, stage=stage, error=error, kind=kind, now=now)
+    return True
 
 
 def dead_letter(
@@ -51,7 +62,8 @@ def dead_letter(
                 "stage": stage,
                 "error": error,
                 "error_kind": kind,
-                "next_retry_at": now + DLQ_BASE_DELAY,
+                "max_retries": DEAD_LETTER_RETRIES,
+                "next_retry_at": now + DEAD_LETTER_FIRST_DELAY,
             },
         )
         if created:
@@ -67,7 +79,7 @@ def dead_letter(
             failure.next_retry_at = None
         else:
             failure.status = FailedTweetStatus.PENDING
-            failure.next_retry_at = now + DLQ_BASE_DELAY * 2**failure.retry_count
+            failure.next_retry_at = now + DEAD_LETTER_FIRST_DELAY * 2**failure.retry_count
         failure.save()
     if failure.status == FailedTweetStatus.EXHAUSTED:
         raise_alert(
@@ -111,7 +123,7 @@ def dead_letter_retry_due(*, now: datetime | None = None) -> int:
 
 def _send_back(failure: FailedTweet, now: datetime) -> int:
     tweet = failure.queued_tweet
-    if failure.stage == "draft":
+    if failure.stage == Stage.DRAFT:
         # A new draft needs a new approval.
         return int(
             transition(
@@ -169,11 +181,11 @@ def dead_letter_discard(failure: FailedTweet, *, actor: str, reason: str) -> boo
             updated_at=timezone.now(),
         )
         if moved:
-            Decision.objects.create(
-                queued_tweet_id=failure.queued_tweet_id,
-                action=Decision.Action.DISCARD,
+            audit(
+                failure.queued_tweet,
+                Decision.Action.DISCARD,
                 actor=actor,
                 channel=Channel.ADMIN,
-                text_before=reason,
+                before=reason,
             )
     return bool(moved)

@@ -1,0 +1,285 @@
+"""Knowing what is on X: our replies read to the end, unknown outcomes settled, sent rows watched.
+
+X has no idempotency key, so "did this reply go out?" is answered by our own timeline.
+It is read from a cursor, every page down to it, each post once (X bills every read);
+our replies are kept in ``OurReply``, so "is there a reply of ours to this post?" is a
+database lookup however many posts we made since.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from bot.clients.errors import ErrorKind, Reason
+from bot.models import Channel, Cursor, Decision, OurReply, QueuedTweet, Status
+from bot.policy import TIMELINE_LAG, WATCH_SENT_FOR, backoff
+from bot.services.dead_letters import Stage, dead_letter_resolve, fail
+from bot.services.transitions import UNCLAIMED, audit, posted_fields, transition
+from resilience import ServiceError
+from resilience.alerts import raise_alert
+
+if TYPE_CHECKING:
+    from bot.clients.x import XClient
+
+log = logging.getLogger(__name__)
+
+OUR_REPLIES = "our_replies"
+# Pages of 100 read per refresh at most; the rest waits for the next one (X keeps the
+# newest 3,200 posts of a timeline, so 50 pages always reach its end).
+MAX_PAGES = 50
+# Rows that were sent and are not settled as posted: whatever their status, the reply
+# may exist on X, so they stay watched.
+WATCHED = [Status.APPROVED, Status.FAILED, Status.EXPIRED, Status.REJECTED, Status.SKIPPED]
+# Of those, the ones whose reply we wanted: found live, they are simply posted.
+WANTED = [Status.APPROVED, Status.FAILED, Status.EXPIRED]
+
+
+class Outcome(enum.StrEnum):
+    POSTED = "posted"
+    REQUEUED = "requeued"
+    REDRAFT = "redraft"
+    FOUND_UNWANTED = "found_unwanted"
+
+
+# --- our timeline, read to the end ---------------------------------------------------------
+
+
+def our_replies_refresh(x: XClient) -> bool:
+    """Read every post of ours newer than the cursor; keep our replies. True if complete.
+
+    Pages come newest first. After each page the rows and the cursor are saved together:
+    the cursor never moves past a post not read, and a read cut short (X failed on page
+    3) resumes below what it read instead of reading it (and paying for it) again.
+    """
+    cursor, _ = Cursor.objects.get_or_create(source=OUR_REPLIES)
+    try:
+        for _ in range(MAX_PAGES):
+            if _read_page(x, cursor):
+                return True
+    except ServiceError as exc:
+        log.warning("our timeline not read to the end, will go on next time: %s", exc)
+        return False
+    log.warning("our timeline has over %d pages of new posts; the rest next time", MAX_PAGES)
+    return False
+
+
+def _read_page(x: XClient, cursor: Cursor) -> bool:
+    """Read the newest unread page; True when nothing newer than the cursor is left.
+
+    Unread are the posts above ``since_id`` and, while a read is under way, below
+    ``until_id``; ``top_id`` is the newest post that read has seen.
+    """
+    gap = bool(cursor.until_id)
+    page = x.our_posts(since_id=cursor.since_id or None, until_id=cursor.until_id or None)
+    replies = [p for p in page.posts if p.is_reply]
+    done = not page.next_token or not page.posts
+    if page.posts:
+        ids = [int(p.id) for p in page.posts]
+        cursor.top_id = cursor.top_id or str(max(ids))
+        cursor.until_id = str(min(ids))
+        # The very first read needs no history older than anything we could still be
+        # asked about (X keeps 3,200 posts: reading them all would cost dollars).
+        oldest = min(p.created_at for p in page.posts)
+        done = done or (not cursor.since_id and oldest < timezone.now() - _history_needed())
+    if done:
+        cursor.since_id = cursor.top_id or cursor.since_id
+        cursor.until_id = cursor.top_id = ""
+    with transaction.atomic():
+        OurReply.objects.bulk_create(
+            [OurReply(reply_id=p.id, in_reply_to_id=p.replied_to_id, text=p.text) for p in replies],
+            ignore_conflicts=True,
+        )
+        cursor.save(update_fields=["since_id", "until_id", "top_id", "updated_at"])
+    # A finished gap leaves the posts above the old top still to read.
+    return done and not gap
+
+
+def _history_needed() -> timedelta:
+    return max(WATCH_SENT_FOR, timedelta(hours=settings.MAX_REPLY_AGE_HOURS))
+
+
+# --- settling ------------------------------------------------------------------------------
+
+
+def recover_stale(*, now: datetime | None = None, older_than: timedelta | None = None) -> list[int]:
+    """Publishing rows whose worker is gone become ``unknown``, for reconcile to settle."""
+    now = now or timezone.now()
+    stale = stale_publishing(now=now, older_than=older_than).values_list("id", "publish_request_id")
+    return [
+        tweet_id
+        for tweet_id, claim in list(stale)
+        if transition(
+            tweet_id,
+            expected=Status.PUBLISHING,
+            to=Status.UNKNOWN,
+            claim=claim,
+            last_error="the worker stopped while publishing; checking our timeline",
+            last_error_kind=ErrorKind.AMBIGUOUS,
+            last_error_reason="",
+        )
+    ]
+
+
+def stale_publishing(
+    *, now: datetime, older_than: timedelta | None = None
+) -> QuerySet[QueuedTweet]:
+    """Rows in ``publishing`` whose worker is gone: lease expired, or claimed too long ago."""
+    stale = Q(lease_until__lt=now)
+    if older_than is not None:
+        stale |= Q(claimed_at__lt=now - older_than)
+    return QueuedTweet.objects.filter(stale, status=Status.PUBLISHING)
+
+
+def reconcile(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
+    """Settle unknown outcomes, handoffs and every row that was sent, against our replies.
+
+    An unknown row is judged once its call is surely over (its lease ran out, or the
+    worker received the ambiguous answer) plus X's timeline lag. Not found means it
+    never went out, and only a timeline read to the end may say so.
+    """
+    now = now or timezone.now()
+    unknown = list(
+        QueuedTweet.objects.filter(
+            Q(lease_until__isnull=True) | Q(lease_until__lte=now - TIMELINE_LAG),
+            status=Status.UNKNOWN,
+        )
+    )
+    handed_off = list(
+        QueuedTweet.objects.filter(status=Status.HANDOFF, updated_at__gte=now - WATCH_SENT_FOR)
+    )
+    watched = list(
+        QueuedTweet.objects.filter(
+            status__in=WATCHED, sent_at__gte=now - WATCH_SENT_FOR, reply_tweet_id=""
+        )
+    )
+    counts = {outcome.value: 0 for outcome in Outcome}
+    if not (unknown or handed_off or watched):
+        return counts
+    complete = our_replies_refresh(x)
+    targets = [tweet.target_tweet_id for tweet in unknown + handed_off + watched]
+    found = dict(
+        OurReply.objects.filter(in_reply_to_id__in=targets)
+        .order_by("-reply_id")
+        .values_list("in_reply_to_id", "reply_id")
+    )
+    for tweet in unknown + handed_off + watched:
+        try:
+            outcome = _judge(tweet, found.get(tweet.target_tweet_id), complete, now)
+        except Exception:
+            log.exception("reconcile: row %s could not be judged; next pass tries again", tweet.id)
+            continue
+        if outcome is not None:
+            counts[outcome] += 1
+    return counts
+
+
+def _judge(
+    tweet: QueuedTweet, reply_id: str | None, complete: bool, now: datetime
+) -> Outcome | None:
+    if reply_id is not None:
+        if tweet.status in (Status.REJECTED, Status.SKIPPED):
+            return _found_unwanted(tweet, reply_id, now)
+        return _settle_posted(tweet, reply_id, now)
+    if tweet.status == Status.UNKNOWN and complete:
+        return _not_sent(tweet, now)
+    return None
+
+
+def _settle_posted(tweet: QueuedTweet, reply_id: str, now: datetime) -> Outcome | None:
+    """Our reply to this post is on X: the row is posted, whichever path got it there."""
+    claim = tweet.publish_request_id if tweet.status == Status.UNKNOWN else None
+    with transaction.atomic():
+        if not transition(
+            tweet.id,
+            expected=tweet.status,
+            to=Status.POSTED,
+            claim=claim,
+            **posted_fields(reply_id, now, tweet.claimed_at),
+        ):
+            return None
+        if tweet.status != Status.UNKNOWN:  # the bot's own call is its own record
+            audit(
+                tweet,
+                Decision.Action.MARK_POSTED,
+                actor="reply guy (seen on our timeline)",
+                channel=Channel.SYSTEM,
+                after=tweet.draft,
+            )
+    dead_letter_resolve(tweet)
+    return Outcome.POSTED
+
+
+def _found_unwanted(tweet: QueuedTweet, reply_id: str, now: datetime) -> Outcome | None:
+    """A reply the owner no longer wants went out after all: record it and tell them."""
+    with transaction.atomic():
+        moved = QueuedTweet.objects.filter(
+            id=tweet.id, status=tweet.status, reply_tweet_id=""
+        ).update(reply_tweet_id=reply_id, posted_at=now, updated_at=now)
+        if not moved:
+            return None
+        audit(
+            tweet,
+            Decision.Action.FOUND_LIVE,
+            actor="reply guy (seen on our timeline)",
+            channel=Channel.SYSTEM,
+            after=tweet.draft,
+        )
+        raise_alert(
+            kind="unwanted_reply_live",
+            subject=f"tweet {tweet.target_tweet_id}",
+            message=(
+                f"A reply you {tweet.get_status_display().lower()} is live on X: "
+                f"https://x.com/i/status/{reply_id} (to {tweet.url}). It was sent before "
+                "the decision and X answered unclearly; delete it on X if you do not want it."
+            ),
+        )
+    return Outcome.FOUND_UNWANTED
+
+
+def _not_sent(tweet: QueuedTweet, now: datetime) -> Outcome | None:
+    """Not on our timeline, read to the end, once the call is surely over: it never went out.
+
+    Sent again without spending an attempt (not knowing is the service's fault). Only
+    the claim that was judged is requeued: a row that became unknown again meanwhile,
+    from a newer attempt, is left to its own lease.
+    """
+    claim = tweet.publish_request_id
+    if tweet.last_error_reason == Reason.DUPLICATE:
+        # X refused the text as a copy of another of our replies: sending it again can
+        # never work. The draft stage's dead-letter retry writes a new one for approval.
+        error = (
+            f"X refused this reply as a duplicate of another of ours: {tweet.draft!r}. "
+            "Write a clearly different one."
+        )
+        failed = fail(
+            tweet,
+            stage=Stage.DRAFT,
+            expected=Status.UNKNOWN,
+            claim=claim,
+            error=error,
+            kind=ErrorKind.PERMANENT,
+            now=now,
+            last_error_kind=ErrorKind.PERMANENT,
+            last_error_reason="",
+            **UNCLAIMED,
+        )
+        return Outcome.REDRAFT if failed else None
+    moved = transition(
+        tweet.id,
+        expected=Status.UNKNOWN,
+        to=Status.APPROVED,
+        claim=claim,
+        scheduled_at=now,
+        next_attempt_at=now + backoff(1),
+        lease_until=None,
+        claimed_at=None,
+    )
+    return Outcome.REQUEUED if moved else None
