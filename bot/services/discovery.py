@@ -30,6 +30,7 @@ from bot.models import (
     TargetAccount,
 )
 from bot.services.account import our_account
+from bot.services.notices import notice_service_error
 from resilience import ServiceError
 from resilience.alerts import raise_alert
 
@@ -57,6 +58,7 @@ def discover_all(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
         feeds = _feeds(x, me.id)
     except ServiceError as exc:
         log.warning("discover: X unavailable, nothing read: %s", exc)
+        notice_service_error(exc)
         return counts
     for feed in feeds:
         # One source failing, for any reason, never stops the others; its cursor stays.
@@ -65,6 +67,7 @@ def discover_all(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
             found, queued = _save(feed, posts, newest, me, now)
         except ServiceError as exc:
             log.warning("discover: %s not read, will try again: %s", feed.key, exc)
+            notice_service_error(exc)
             if exc.reason == Reason.CIRCUIT_OPEN:
                 break
             continue

@@ -168,6 +168,7 @@ def expire_stale(*, now: datetime | None = None) -> int:
 def _invalid_output(tweet: QueuedTweet, exc: ClientError, now: datetime) -> Outcome:
     configuration = as_configuration_error(Stage.DRAFT, str(tweet.id), exc)
     if configuration is not None:
+        notice_service_error(configuration)
         return Outcome.WAITING  # the model's setup, not this post: nothing spent
     return _spend_attempt(tweet, str(exc), exc.kind, exc.reason, now)
 

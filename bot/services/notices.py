@@ -35,7 +35,8 @@ def as_configuration_error(stage: str, item: str, exc: ClientError) -> ClientErr
     """The same permanent error on several different items in a row is a setup problem.
 
     Returns the error to treat the item with instead (transient, configuration), having
-    held the service's breaker open and told the owner; None when it is the item's own.
+    held the service's breaker open; None when it is the item's own. The caller's wait
+    path tells the owner (``notice_service_error``).
     """
     if exc.kind is not ErrorKind.PERMANENT:
         return None
@@ -55,7 +56,6 @@ def as_configuration_error(stage: str, item: str, exc: ClientError) -> ClientErr
         reason=Reason.CONFIGURATION,
     )
     log.warning("%s: %s", stage, converted)
-    notice_service_error(converted)
     return converted
 
 

@@ -22,6 +22,7 @@ from bot.clients.errors import ErrorKind, Reason
 from bot.models import Channel, Cursor, Decision, OurReply, QueuedTweet, Status
 from bot.policy import TIMELINE_LAG, WATCH_SENT_FOR, backoff
 from bot.services.dead_letters import Stage, dead_letter_resolve, fail
+from bot.services.notices import notice_service_error
 from bot.services.transitions import UNCLAIMED, audit, posted_fields, transition
 from resilience import ServiceError
 from resilience.alerts import raise_alert
@@ -66,6 +67,7 @@ def our_replies_refresh(x: XClient) -> bool:
                 return True
     except ServiceError as exc:
         log.warning("our timeline not read to the end, will go on next time: %s", exc)
+        notice_service_error(exc)
         return False
     log.warning("our timeline has over %d pages of new posts; the rest next time", MAX_PAGES)
     return False
