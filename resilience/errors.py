@@ -14,6 +14,7 @@ import time
 __all__ = [
     "CIRCUIT_OPEN",
     "CONFIGURATION",
+    "CONFIGURATION_HOLD",
     "RATE_LIMITED",
     "CircuitOpenError",
     "ErrorKind",
@@ -29,6 +30,9 @@ RATE_LIMITED = "rate_limited"
 # The service refuses our setup (credentials, permissions, model name): every item would
 # fail alike. Transient, with a ``retry_at``, so the breaker opens at once and stays open.
 CONFIGURATION = "configuration"
+# Seconds a service that refused our setup is left alone before a trial call: long
+# enough not to hammer it, short enough that a fix is noticed within minutes.
+CONFIGURATION_HOLD = 600.0
 # A breaker refused the call without making it.
 CIRCUIT_OPEN = "circuit_open"
 

@@ -501,6 +501,58 @@ def test_an_unexpected_error_on_one_post_marks_it_and_the_pass_goes_on(pipeline,
     assert FailedTweet.objects.get(queued_tweet=broken).stage == "draft"
 
 
+def test_an_unexpected_error_on_one_reply_spends_its_attempt_and_the_others_go_out(
+    pipeline, monkeypatch
+):
+    from bot.services import publishing as publishing_module
+
+    bad, good = summon(pipeline, "one?", "bob"), summon(pipeline, "two?", "carol")
+    run_pipeline()
+    approved(bad)
+    approved(good)
+    original = publishing_module.author_cap
+
+    def author_cap(tweet):
+        if tweet.author_username == "bob":
+            raise RuntimeError("a bad value in bob's row")
+        return original(tweet)
+
+    monkeypatch.setattr(publishing_module, "author_cap", author_cap)
+    run_pipeline()
+    assert discovered(good).status == Status.POSTED
+    broken = discovered(bad)
+    assert (broken.status, broken.attempts, broken.last_error_reason) == (
+        Status.APPROVED,
+        1,
+        "unexpected",
+    )
+    assert broken.next_attempt_at > timezone.now()
+    assert pipeline.x.replies_to(bad) == []
+
+
+def test_a_bug_around_the_x_call_is_judged_ambiguous_and_never_loops(pipeline, monkeypatch):
+    from bot.clients.x import XClient
+
+    post_id = summon(pipeline)
+    run_pipeline()
+    approved(post_id)
+
+    def create_reply(self, **kwargs):
+        raise RuntimeError("a bug in our request building")
+
+    monkeypatch.setattr(XClient, "create_reply", create_reply)
+    minutes = 0
+    for _ in range(12):
+        with later(minutes):
+            run_pipeline()
+        minutes += 20
+    tweet = discovered(post_id)
+    assert tweet.status == Status.FAILED, "three attempts, then the dead-letter queue"
+    assert tweet.attempts == 3
+    assert "a bug in our request building" in FailedTweet.objects.get(queued_tweet=tweet).error
+    assert pipeline.x.replies_to(post_id) == []
+
+
 def test_run_pipeline_runs_every_stage_when_one_fails_and_exits_non_zero(pipeline, monkeypatch):
     from bot import tasks
 

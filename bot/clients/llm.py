@@ -38,14 +38,14 @@ from bot.clients.errors import ClientError, ErrorKind, Reason
 from bot.replies import InvalidReply, validate_reply
 from bot.text import clean_text
 from resilience import CircuitBreaker, get_breaker
+from resilience.errors import CONFIGURATION_HOLD
 
-__all__ = ["CONFIGURATION_HOLD", "MAX_VARIANTS", "LLMClient", "clean_model_reply"]
+__all__ = ["MAX_VARIANTS", "LLMClient", "clean_model_reply"]
 
 SERVICE = "llm"
 MAX_VARIANTS = 5
 # How long a refused setup holds the breaker open: long enough not to hammer a server
 # that will keep refusing, short enough that a fixed setting is picked up soon.
-CONFIGURATION_HOLD = 600.0
 
 Message = dict[str, str]
 

@@ -52,8 +52,9 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnection
 from bot.clients.errors import ClientError, ErrorKind, Reason
 from bot.text import clean_text
 from resilience import CircuitBreaker, get_breaker, holds
+from resilience.errors import CONFIGURATION_HOLD
 
-__all__ = ["CONFIGURATION_HOLD", "X_HOST", "Page", "Post", "RateLimit", "User", "XClient"]
+__all__ = ["X_HOST", "Page", "Post", "RateLimit", "User", "XClient"]
 
 X_HOST = "https://api.twitter.com"
 BREAKER = "twitter_api"
@@ -64,7 +65,6 @@ SERVICE = "x"
 CREDENTIAL_SETTINGS = ("X_API_KEY", "X_API_SECRET", "X_ACCESS_TOKEN", "X_ACCESS_TOKEN_SECRET")
 # How long a refused setup keeps the breaker open: the owner has to act, so asking X
 # every few seconds would only spend requests (and look like abuse on a locked account).
-CONFIGURATION_HOLD = 600.0
 # A 429 without a reset header: X's windows are 15 minutes.
 RATE_LIMIT_FALLBACK = 900.0
 HOLD_KEY = "replyguy:x:hold:{endpoint}:{scope}"

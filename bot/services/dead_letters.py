@@ -12,8 +12,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from bot.models import Channel, Decision, FailedTweet, FailedTweetStatus, QueuedTweet, Status
-from bot.policy import DEAD_LETTER_FIRST_DELAY, DEAD_LETTER_RETRIES
-from bot.services.transitions import SETTLED, audit, transition
+from bot.policy import DEAD_LETTER_FIRST_DELAY, DEAD_LETTER_RETRIES, MAX_PUBLISH_ATTEMPTS, backoff
+from bot.services.transitions import SETTLED, UNCLAIMED, audit, transition
 from resilience.alerts import raise_alert
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,53 @@ def fail(
             return False
         dead_letter(tweet, stage=stage, error=error, kind=kind, now=now)
     return True
+
+
+def spend_attempt(
+    tweet: QueuedTweet,
+    *,
+    expected: Status,
+    now: datetime,
+    error: str,
+    kind: str,
+    reason: str,
+    claim: uuid.UUID | None = None,
+    final: bool = False,
+) -> Status | None:
+    """A publish attempt failed for the item's own reason: one attempt spent and the
+    next pushed back, or, with none left (or ``final``), the dead-letter queue."""
+    attempts = tweet.attempts + 1
+    common = {
+        "attempts": attempts,
+        "last_error_kind": kind,
+        "last_error_reason": reason,
+        **UNCLAIMED,
+    }
+    if final or attempts >= MAX_PUBLISH_ATTEMPTS:
+        return (
+            Status.FAILED
+            if fail(
+                tweet,
+                stage=Stage.PUBLISH,
+                expected=expected,
+                claim=claim,
+                error=error,
+                kind=kind,
+                now=now,
+                **common,
+            )
+            else None
+        )
+    moved = transition(
+        tweet.id,
+        expected=expected,
+        to=Status.APPROVED,
+        claim=claim,
+        next_attempt_at=now + backoff(attempts),
+        last_error=error,
+        **common,
+    )
+    return Status.APPROVED if moved else None
 
 
 def dead_letter(
@@ -112,12 +159,16 @@ def dead_letter_retry_due(*, now: datetime | None = None) -> int:
     due = FailedTweet.objects.filter(status=FailedTweetStatus.PENDING, next_retry_at__lte=now)
     retried = 0
     for failure in due.select_related("queued_tweet"):
-        with transaction.atomic():
-            if not FailedTweet.objects.filter(
-                id=failure.id, status=FailedTweetStatus.PENDING
-            ).update(status=FailedTweetStatus.RETRYING, last_retry_at=now, updated_at=now):
-                continue
-            retried += _send_back(failure, now)
+        try:
+            with transaction.atomic():
+                if not FailedTweet.objects.filter(
+                    id=failure.id, status=FailedTweetStatus.PENDING
+                ).update(status=FailedTweetStatus.RETRYING, last_retry_at=now, updated_at=now):
+                    continue
+                retried += _send_back(failure, now)
+        except Exception:
+            # Left pending (the transaction rolled back): the next pass tries it again.
+            log.exception("dead letters: row %s could not be sent back", failure.id)
     return retried
 
 

@@ -8,6 +8,7 @@ import time
 from bot.clients.errors import ClientError, ErrorKind, Reason
 from resilience import ServiceError, get_breaker
 from resilience.alerts import raise_alert
+from resilience.errors import CONFIGURATION_HOLD
 from resilience.streaks import error_signature, streak_broken, streak_extended
 
 log = logging.getLogger(__name__)
@@ -15,8 +16,6 @@ log = logging.getLogger(__name__)
 # The breaker guarding each client's service.
 BREAKERS = {"x": "twitter_api", "llm": "ai_service", "telegram": "telegram"}
 SERVICE_NAMES = {"x": "X", "llm": "the model server", "telegram": "Telegram"}
-# How long a service that refuses our setup is left alone before a trial call.
-CONFIGURATION_HOLD = 600.0
 
 
 def notice_service_error(exc: ServiceError) -> None:

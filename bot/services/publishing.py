@@ -28,7 +28,7 @@ from django.utils import timezone
 from bot.clients.errors import ClientError, ErrorKind, Reason
 from bot.models import Channel, Decision, PipelineControl, QueuedTweet, Status
 from bot.pacing import Pacing, earliest_allowed
-from bot.policy import MAX_PUBLISH_ATTEMPTS, PUBLISH_LEASE, backoff, service_wait_until
+from bot.policy import PUBLISH_LEASE, service_wait_until
 from bot.selectors import (
     author_cap,
     due_replies,
@@ -39,7 +39,7 @@ from bot.selectors import (
     through_api,
     through_handoff,
 )
-from bot.services.dead_letters import Stage, dead_letter_resolve, fail
+from bot.services.dead_letters import Stage, dead_letter_resolve, spend_attempt
 from bot.services.notices import as_configuration_error, item_succeeded, notice_service_error
 from bot.services.reconciling import our_replies_refresh
 from bot.services.transitions import UNCLAIMED, audit, posted_fields, remember_our_reply, transition
@@ -145,35 +145,52 @@ def claim_next(
             candidates = candidates.select_for_update(skip_locked=True)
         published = published_times(now)
         for tweet in candidates[:20]:
-            screened = _screened(tweet, now)
-            if screened is not None:
-                if counts is not None:
-                    counts[screened] += 1
-                continue
-            allowed = earliest_allowed(
-                max(now, tweet.scheduled_at or now),
-                pacing,
-                published,
-                published_times(now, author_id=tweet.author_id),
-                author_cap(tweet),
-            )
-            if allowed > now:
-                # A full cap or quiet hours move the reply, never fail it.
-                QueuedTweet.objects.filter(id=tweet.id, status=Status.APPROVED).update(
-                    scheduled_at=allowed, updated_at=now
-                )
-                continue
-            claim = {
-                "claimed_at": now,
-                "lease_until": now + PUBLISH_LEASE,
-                "publish_request_id": uuid.uuid4(),
-            }
-            if transition(tweet.id, expected=Status.APPROVED, to=Status.PUBLISHING, **claim):
-                for name, value in claim.items():
-                    setattr(tweet, name, value)
-                tweet.status = Status.PUBLISHING
-                return tweet
+            try:
+                with transaction.atomic():
+                    verdict = _consider(tweet, now, pacing, published)
+            except Exception as exc:
+                # One bad row never stops the others from going out.
+                log.exception("publish: reply %s could not be considered", tweet.id)
+                spend_attempt(tweet, expected=Status.APPROVED, now=now, **_crash(exc))
+                verdict = "crashed"
+            if isinstance(verdict, QueuedTweet):
+                return verdict
+            if counts is not None and verdict is not None:
+                counts[verdict] += 1
     return None
+
+
+def _consider(
+    tweet: QueuedTweet, now: datetime, pacing: Pacing, published: list[datetime]
+) -> QueuedTweet | str | None:
+    """Claim ``tweet`` if it may go now; else settle or reschedule it and say why not."""
+    screened = _screened(tweet, now)
+    if screened is not None:
+        return screened
+    allowed = earliest_allowed(
+        max(now, tweet.scheduled_at or now),
+        pacing,
+        published,
+        published_times(now, author_id=tweet.author_id),
+        author_cap(tweet),
+    )
+    if allowed > now:
+        # A full cap or quiet hours move the reply, never fail it.
+        QueuedTweet.objects.filter(id=tweet.id, status=Status.APPROVED).update(
+            scheduled_at=allowed, updated_at=now
+        )
+        return None
+    claim = {
+        "claimed_at": now,
+        "lease_until": now + PUBLISH_LEASE,
+        "publish_request_id": uuid.uuid4(),
+    }
+    if not transition(tweet.id, expected=Status.APPROVED, to=Status.PUBLISHING, **claim):
+        return None
+    for name, value in claim.items():
+        setattr(tweet, name, value)
+    tweet.status = Status.PUBLISHING
+    return tweet
 
 
 def _screened(tweet: QueuedTweet, now: datetime) -> Screen | None:
@@ -359,38 +376,50 @@ def _item_failure(tweet: QueuedTweet, now: datetime, exc: ClientError, x: XClien
             target_gone = not x.post_visible(tweet.target_tweet_id)
         except ServiceError as lookup_error:
             return _wait_for_service(tweet, now, lookup_error)
-    configuration = as_configuration_error(Stage.PUBLISH, str(tweet.id), exc)
+    # A post really gone is this item's alone; any other refusal may be our setup's.
+    configuration = (
+        None if target_gone else as_configuration_error(Stage.PUBLISH, str(tweet.id), exc)
+    )
     if configuration is not None:
         return _wait_for_service(tweet, now, configuration)
-    attempts = tweet.attempts + 1
-    common = {
-        "attempts": attempts,
-        "last_error_kind": exc.kind,
-        "last_error_reason": exc.reason,
-        **UNCLAIMED,
-    }
-    if target_gone or attempts >= MAX_PUBLISH_ATTEMPTS:
-        fail(
-            tweet,
-            stage=Stage.PUBLISH,
-            expected=Status.PUBLISHING,
-            claim=tweet.publish_request_id,
-            error=str(exc),
-            kind=exc.kind,
-            now=now,
-            **common,
-        )
-        return _current(tweet)
-    moved = transition(
-        tweet.id,
+    spent = spend_attempt(
+        tweet,
         expected=Status.PUBLISHING,
-        to=Status.APPROVED,
         claim=tweet.publish_request_id,
-        next_attempt_at=now + backoff(attempts),
-        last_error=str(exc),
-        **common,
+        now=now,
+        error=str(exc),
+        kind=exc.kind,
+        reason=exc.reason,
+        final=target_gone,
     )
-    return Status.APPROVED if moved else _current(tweet)
+    return spent or _current(tweet)
+
+
+def _publish_crashed(tweet: QueuedTweet, exc: Exception) -> None:
+    """An unexpected error in a claimed reply's publish.
+
+    Before the send was recorded nothing can have gone out: the attempt is spent and
+    the reply waits. After it, X may have posted: the row keeps its claim until the
+    lease runs out, and reconcile judges it against our timeline.
+    """
+    sent_at = QueuedTweet.objects.filter(id=tweet.id).values_list("sent_at", flat=True).first()
+    if sent_at != tweet.sent_at:
+        return
+    spend_attempt(
+        tweet,
+        expected=Status.PUBLISHING,
+        claim=tweet.publish_request_id,
+        now=timezone.now(),
+        **_crash(exc),
+    )
+
+
+def _crash(exc: Exception) -> dict[str, str]:
+    return {
+        "error": f"unexpected error: {type(exc).__name__}: {exc}"[:2000],
+        "kind": ErrorKind.PERMANENT,
+        "reason": Reason.UNEXPECTED,
+    }
 
 
 def _current(tweet: QueuedTweet) -> Status:

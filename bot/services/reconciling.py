@@ -21,7 +21,7 @@ from django.utils import timezone
 from bot.clients.errors import ErrorKind, Reason
 from bot.models import Channel, Cursor, Decision, OurReply, QueuedTweet, Status
 from bot.policy import TIMELINE_LAG, WATCH_SENT_FOR, backoff
-from bot.services.dead_letters import Stage, dead_letter_resolve, fail
+from bot.services.dead_letters import Stage, dead_letter_resolve, fail, spend_attempt
 from bot.services.notices import notice_service_error
 from bot.services.transitions import UNCLAIMED, audit, posted_fields, transition
 from resilience import ServiceError
@@ -47,6 +47,7 @@ class Outcome(enum.StrEnum):
     POSTED = "posted"
     REQUEUED = "requeued"
     REDRAFT = "redraft"
+    FAILED = "failed"
     FOUND_UNWANTED = "found_unwanted"
 
 
@@ -274,6 +275,19 @@ def _not_sent(tweet: QueuedTweet, now: datetime) -> Outcome | None:
             **UNCLAIMED,
         )
         return Outcome.REDRAFT if failed else None
+    if tweet.last_error_reason == Reason.UNEXPECTED:
+        # Our own code failed around the call and nothing went out: a bug repeats, so
+        # this spends an attempt instead of looping for ever.
+        spent = spend_attempt(
+            tweet,
+            expected=Status.UNKNOWN,
+            claim=claim,
+            now=now,
+            error=tweet.last_error,
+            kind=ErrorKind.PERMANENT,
+            reason=Reason.UNEXPECTED,
+        )
+        return {Status.APPROVED: Outcome.REQUEUED, Status.FAILED: Outcome.FAILED}.get(spent)
     moved = transition(
         tweet.id,
         expected=Status.UNKNOWN,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from django.utils import timezone
@@ -9,6 +10,8 @@ from django.utils import timezone
 from bot.models import QueuedTweet, Status
 from bot.pacing import Pacing, earliest_allowed
 from bot.selectors import published_times
+
+log = logging.getLogger(__name__)
 
 
 def reply_schedule(tweet: QueuedTweet, *, now: datetime | None = None) -> datetime | None:
@@ -30,5 +33,10 @@ def reply_schedule(tweet: QueuedTweet, *, now: datetime | None = None) -> dateti
 
 def schedule_approved(*, now: datetime | None = None) -> int:
     """Schedule approved replies that have no time yet (an approval cut short by a crash)."""
-    rows = QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=True)
-    return sum(1 for tweet in rows if reply_schedule(tweet, now=now))
+    scheduled = 0
+    for tweet in QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=True):
+        try:
+            scheduled += reply_schedule(tweet, now=now) is not None
+        except Exception:
+            log.exception("schedule: reply %s could not be scheduled; next pass", tweet.id)
+    return scheduled
