@@ -444,6 +444,42 @@ def test_an_approved_reply_whose_post_grew_too_old_is_not_sent(pipeline, setting
     assert Decision.objects.filter(queued_tweet=tweet, action=Decision.Action.EXPIRE).exists()
 
 
+def test_no_secret_reaches_the_logs_the_alerts_or_the_stored_errors(pipeline, settings, caplog):
+    """Invariant 6, under the failures most likely to echo a credential."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secrets = [
+        settings.X_API_KEY,
+        settings.X_API_SECRET,
+        settings.X_ACCESS_TOKEN,
+        settings.X_ACCESS_TOKEN_SECRET,
+        settings.X_BEARER_TOKEN,
+        settings.OPENAI_API_KEY,
+        settings.TELEGRAM_BOT_TOKEN,
+    ]
+    post_id = summon(pipeline)
+    run_pipeline()
+    approved(post_id)
+    # X and the model refuse our credentials; the model server quotes the key back.
+    pipeline.x.credentials = {key: f"rotated-{key}" for key in pipeline.x.credentials}
+    pipeline.openai.api_key = "sk-a-different-key"
+    summon(pipeline, "another one?", "bob")
+    for step in range(3):
+        with later(step * 11):
+            run_pipeline()
+    stored = [
+        caplog.text,
+        *AlertEvent.objects.values_list("message", flat=True),
+        *QueuedTweet.objects.values_list("last_error", flat=True),
+        *FailedTweet.objects.values_list("error", flat=True),
+    ]
+    assert AlertEvent.objects.filter(kind="configuration_refused").exists()
+    for secret in secrets:
+        assert secret
+        assert not any(secret in text for text in stored), f"{secret[:6]}... leaked"
+
+
 # --- 4. one bad value never stops a stage -------------------------------------------------
 
 
@@ -551,6 +587,28 @@ def test_a_bug_around_the_x_call_is_judged_ambiguous_and_never_loops(pipeline, m
     assert tweet.attempts == 3
     assert "a bug in our request building" in FailedTweet.objects.get(queued_tweet=tweet).error
     assert pipeline.x.replies_to(post_id) == []
+
+
+def test_a_crash_after_the_claim_but_before_the_send_spends_the_attempt(pipeline, monkeypatch):
+    from bot.services import publishing as publishing_module
+
+    post_id = summon(pipeline)
+    run_pipeline()
+    approved(post_id)
+
+    def reply_send(tweet, x):
+        raise RuntimeError("the database refused a value")
+
+    monkeypatch.setattr(publishing_module, "reply_send", reply_send)
+    run_pipeline()
+    tweet = discovered(post_id)
+    assert (tweet.status, tweet.attempts, tweet.sent_at) == (Status.APPROVED, 1, None)
+    assert tweet.publish_request_id is None, "the claim is given up"
+    assert "the database refused a value" in tweet.last_error
+    monkeypatch.undo()
+    with later(5):
+        run_pipeline()
+    assert discovered(post_id).status == Status.POSTED
 
 
 def test_run_pipeline_runs_every_stage_when_one_fails_and_exits_non_zero(pipeline, monkeypatch):

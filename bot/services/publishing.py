@@ -91,11 +91,10 @@ def publish_due(x: XClient, *, now: datetime | None = None, limit: int = 20) -> 
         counts["claimed"] += 1
         try:
             status = reply_publish(tweet, x)
-        except Exception:
-            log.exception(
-                "publish: reply %s failed unexpectedly; reconcile will judge it", tweet.id
-            )
+        except Exception as exc:
+            log.exception("publish: reply %s failed unexpectedly", tweet.id)
             counts["crashed"] += 1
+            _publish_crashed(tweet, exc)
             continue
         if status == Status.POSTED:
             counts["published"] += 1
