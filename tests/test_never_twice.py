@@ -493,14 +493,27 @@ def test_a_nul_and_a_lone_surrogate_in_posts_are_cleaned_not_fatal(pipeline):
     assert {discovered(p).status for p in (nul, odd, normal)} == {Status.PENDING}
 
 
-def test_a_lone_surrogate_from_the_model_is_cleaned_and_paid_for_once(pipeline):
-    pipeline.openai.output_mode = "lone_surrogate"
+def test_a_username_longer_than_x_allows_today_is_kept_as_data(pipeline):
+    uid = pipeline.x.add_user("legacy")
+    long_name = "an_old_account_" + "x" * 25  # 40 characters: X's limit is 15 today
+    pipeline.x.users[uid].username = long_name
+    post_id = pipeline.x.publish(long_name, "@replyguy does this still work?")
+    normal = summon(pipeline, "and this?", "bob")
+    run_pipeline()
+    assert discovered(post_id).author_username == long_name
+    assert {discovered(post_id).status, discovered(normal).status} == {Status.PENDING}
+
+
+@pytest.mark.parametrize("mode", ["lone_surrogate", "nul"])
+def test_a_bad_character_from_the_model_is_cleaned_and_paid_for_once(pipeline, mode):
+    pipeline.openai.output_mode = mode
     post_id = summon(pipeline)
     run_pipeline()
     run_pipeline()
     tweet = discovered(post_id)
     assert tweet.status == Status.PENDING
     assert "\ud83d" not in tweet.draft
+    assert "\x00" not in tweet.draft
     assert len(pipeline.openai.completions) == 1
 
 

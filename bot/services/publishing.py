@@ -73,9 +73,8 @@ def handoff_link(tweet: QueuedTweet) -> str:
 def publish_due(x: XClient, *, now: datetime | None = None, limit: int = 20) -> dict[str, int]:
     """Bring our replies up to date, then claim and publish due replies, one at a time.
 
-    Each reply is handled on its own: an unexpected error is logged with the row, the
-    row keeps its claim until its lease runs out (the send may have happened, so only
-    reconcile may judge it), and the pass goes on.
+    Each reply is handled on its own: an unexpected error is logged with the row and
+    the pass goes on (``_publish_crashed`` says what becomes of the row).
     """
     now = now or timezone.now()
     counts: Counter[str] = Counter()
