@@ -9,22 +9,24 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 __all__ = [
+    "DEAD_LETTER_FIRST_DELAY",
     "DEAD_LETTER_RETRIES",
-    "DRAFT_LEASE",
+    "ITEM_FIRST_DELAY",
+    "MAX_DELAY",
     "MAX_DRAFT_ATTEMPTS",
     "MAX_PUBLISH_ATTEMPTS",
     "PUBLISH_LEASE",
+    "SERVICE_WAIT",
     "SIMILAR_WITHIN",
     "TIMELINE_LAG",
     "WATCH_SENT_FOR",
     "backoff",
+    "draft_lease",
     "service_wait_until",
 ]
 
 # A worker publishing a reply holds it this long; past it, the worker is taken for dead.
 PUBLISH_LEASE = timedelta(minutes=5)
-# A worker drafting a post holds it this long (the model's timeout is 45 s).
-DRAFT_LEASE = timedelta(minutes=2)
 # Item-level failures each spend one attempt; the last one sends the item to the
 # dead-letter queue. The model gets this many tries at a valid reply, each with the
 # last problem as feedback.
@@ -50,6 +52,15 @@ MAX_DELAY = timedelta(hours=6)
 def backoff(attempt: int, first: timedelta = ITEM_FIRST_DELAY) -> timedelta:
     """The wait after failed attempt number ``attempt`` (1, 2, ...): doubling, capped."""
     return min(first * 2 ** max(attempt - 1, 0), MAX_DELAY)
+
+
+def draft_lease(variants: int, call_timeout: float) -> timedelta:
+    """How long a worker drafting a post holds it: the slowest draft it may make.
+
+    A server without structured output refuses one request, then answers one per
+    variant, each up to the model's timeout; a relevance score may come first.
+    """
+    return timedelta(seconds=call_timeout * (variants + 2) + 30)
 
 
 def service_wait_until(now: datetime, retry_at: float | None) -> datetime:

@@ -67,9 +67,9 @@ def schedule() -> dict[str, int]:
 @with_db_recovery
 def publish() -> dict[str, int]:
     recovered = len(reconciling.recover_stale())
-    handed_off = publishing.hand_off_due()  # needs no X credentials
     x = configured_x("publish")
     counts = publishing.publish_due(x) if x else {}
+    handed_off = publishing.hand_off_due()  # needs no X credentials
     return {"recovered": recovered, "handed_off": handed_off, **counts}
 
 

@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 
 from resilience.breaker import CircuitBreaker
-from resilience.models import BreakerRecord
+from resilience.models import AlertEvent, BreakerRecord
 from resilience.registry import all_breakers, get_breaker
 
 ACTIONS = {
@@ -65,3 +65,22 @@ class BreakerAdmin(admin.ModelAdmin):
                 control(breaker)
                 messages.success(request, f"{label}: {name} is now {breaker.state}.")
         return HttpResponseRedirect(request.path)
+
+
+@admin.register(AlertEvent)
+class AlertEventAdmin(admin.ModelAdmin):
+    """What the owner was told, newest first: read-only, the record of what went wrong."""
+
+    list_display = ["created_at", "kind", "subject", "message", "delivered_at"]
+    list_filter = ["kind", "delivered_at"]
+    search_fields = ["subject", "message"]
+    readonly_fields = ["kind", "subject", "message", "created_at", "delivered_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -489,6 +489,23 @@ def test_a_key_in_a_server_message_is_masked(breaker, clock):
     )
 
 
+def test_a_key_quoted_in_a_rate_limit_answer_is_masked(breaker, clock):
+    proxy = _KeyEchoingProxy()
+    proxy.faults.add("chat_completions", "error", status=429, times=1)
+    with Server(proxy) as running:
+        client = LLMClient(
+            base_url=f"{running.url}/v1",
+            api_key="sk-secret-value-0042",
+            model="gpt-4o-mini",
+            breaker=breaker,
+            clock=clock,
+        )
+        error = failure(draft, client)
+    assert error.status == 429
+    assert "sk-secret-value-0042" not in str(error)
+    assert "Key *** is blocked" in str(error)
+
+
 def test_configuration_opens_the_breaker_until_the_hold_ends(make_client, app, breaker, clock):
     client = make_client(model="gpt-9")
     failure(draft, client)

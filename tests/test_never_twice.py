@@ -742,3 +742,166 @@ def test_importing_the_services_does_not_load_the_client_libraries():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --- found by the hostile review ------------------------------------------------------------
+
+
+def test_targets_sharing_the_timeline_window_are_read_in_turn_and_leave_room_for_ours(
+    pipeline, settings
+):
+    from bot.models import TargetAccount
+
+    settings.X_BEARER_TOKEN = ""  # target reads share our user-context window
+    pipeline.x.add_user("alice")
+    for name in ("bob", "carol", "dave"):
+        pipeline.x.add_user(name)
+        TargetAccount.objects.create(username=name)
+    from bot.services.discovery import OUR_TIMELINE_RESERVE
+
+    # Room for two target reads a window once the reserve for our timeline is kept.
+    pipeline.x.set_limit("user_tweets", OUR_TIMELINE_RESERVE + 2)
+    read: set[str] = set()
+    for window in range(3):
+        with later(window * 16):
+            run_pipeline()
+            targets = Cursor.objects.filter(source__startswith="target:")
+            read |= set(targets.values_list("source", flat=True))
+            x = configured_x("test")
+            x.our_posts()  # what publishing needs before it re-sends anything
+            left = x.rate_limits["user_tweets"].remaining
+            assert left >= OUR_TIMELINE_RESERVE - 1, "targets kept the reserve for our timeline"
+    assert len(read) == 4, f"every target read in turn: {sorted(read)}"
+
+
+def test_one_bad_handoff_row_never_stops_publishing(pipeline, monkeypatch):
+    from bot.services import publishing as publishing_module
+
+    handoff_id = pipeline.x.publish("alice", "Django 5.2 composite keys are lovely")
+    summoned_id = summon(pipeline, "api reply please", "carol")
+    run_pipeline()
+    approved(handoff_id)
+    approved(summoned_id)
+    original = publishing_module.opted_out
+
+    def opted_out(usernames):
+        if "alice" in usernames:
+            raise RuntimeError("a bad value in alice's row")
+        return original(usernames)
+
+    monkeypatch.setattr(publishing_module, "opted_out", opted_out)
+    run_pipeline()
+    assert discovered(summoned_id).status == Status.POSTED
+    broken = discovered(handoff_id)
+    assert (broken.status, broken.attempts, broken.last_error_reason) == (
+        Status.APPROVED,
+        1,
+        "unexpected",
+    )
+
+
+def test_a_crash_while_recording_x_answer_is_judged_and_never_loops(pipeline, monkeypatch):
+    from bot.services import publishing as publishing_module
+
+    post_id = summon(pipeline)
+    run_pipeline()
+    approved(post_id)
+    pipeline.x.faults.add("create_tweet", "error", status=400)
+
+    def item_failure(*args, **kwargs):
+        raise RuntimeError("a bug while recording the refusal")
+
+    monkeypatch.setattr(publishing_module, "_item_failure", item_failure)
+    run_pipeline()
+    assert discovered(post_id).status == Status.UNKNOWN
+    for step in range(1, 60):
+        with later(step * 10):
+            run_pipeline()
+    tweet = discovered(post_id)
+    sends = [path for name, path in pipeline.x.requests if name == "create_tweet"]
+    assert tweet.status == Status.FAILED
+    assert FailedTweet.objects.get(queued_tweet=tweet).status == "exhausted"
+    # Three attempts, then three for each of the five dead-letter retries: bounded.
+    assert len(sends) == 3 * (1 + 5)
+    assert pipeline.x.replies_to(post_id) == []
+
+
+def test_discovery_keeps_the_pages_it_read_when_a_later_one_fails(pipeline):
+    from bot.services.discovery import discover_all
+
+    for n in range(150):
+        summon(pipeline, f"question number {n}?", f"user{n}")
+    x = configured_x("test")
+    original = x.mentions
+    calls = {"n": 0}
+
+    def mentions(user_id, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ClientError("X failed on page 2", kind=ErrorKind.TRANSIENT, service="x")
+        return original(user_id, **kwargs)
+
+    x.mentions = mentions
+    discover_all(x)
+    assert QueuedTweet.objects.count() == 100, "page 1 is kept"
+    x.mentions = original
+    discover_all(x)
+    assert QueuedTweet.objects.count() == 150
+    assert pipeline.x.posts_returned["user_mentions"] == 150, "no page paid for twice"
+
+
+def test_a_target_that_disappears_after_it_was_found_is_switched_off_and_reported(pipeline):
+    from bot.models import TargetAccount
+
+    pipeline.x.publish("alice", "hello world")
+    run_pipeline()  # alice is looked up and read
+    alice = TargetAccount.objects.get(username="alice")
+    assert alice.x_user_id
+    del pipeline.x.users[alice.x_user_id]  # deactivated
+    with later(3):
+        run_pipeline()
+    alice.refresh_from_db()
+    assert not alice.enabled
+    assert AlertEvent.objects.filter(kind="target_not_found", subject="@alice").count() == 1
+    requests = len(pipeline.x.requests)
+    with later(6):
+        run_pipeline()
+    assert not [p for n, p in pipeline.x.requests[requests:] if alice.x_user_id in p]
+
+
+def test_a_slow_draft_keeps_its_post_for_as_long_as_it_may_take(pipeline, settings):
+    from bot.services.drafting import draft_new
+    from bot.tasks import configured_llm
+
+    settings.DRAFT_VARIANTS = 3
+    summon(pipeline)
+    from bot.services.discovery import discover_all
+
+    discover_all(configured_x("test"))
+    llm = configured_llm("test")
+    original = llm.draft_replies
+    others: list[dict[str, int]] = []
+
+    def slow_draft_replies(**kwargs):
+        # Three variants from a server without structured output: minutes, not seconds.
+        with later(3):
+            others.append(draft_new(configured_llm("test")))
+        return original(**kwargs)
+
+    llm.draft_replies = slow_draft_replies
+    assert draft_new(llm)["drafted"] == 1
+    assert others == [dict.fromkeys(others[0], 0)], "nobody else paid for the same draft"
+
+
+def test_pausing_after_a_claim_stops_that_reply_too(pipeline):
+    from bot.models import PipelineControl
+
+    post_id = summon(pipeline)
+    run_pipeline()
+    approved(post_id)
+    tweet = claim_next(now=timezone.now())
+    PipelineControl.objects.filter(pk=1).update(publishing_paused=True)
+    assert reply_send(tweet, configured_x("test")) == Answer()
+    row = discovered(post_id)
+    assert (row.status, row.publish_request_id, row.sent_at) == (Status.APPROVED, None, None)
+    assert pipeline.x.replies_to(post_id) == []

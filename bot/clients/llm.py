@@ -265,7 +265,7 @@ class LLMClient:
             # An exhausted quota (code insufficient_quota) comes without a time: the breaker's
             # own recovery timeout paces the retries then.
             return _transient(
-                f"rate limited: {_server_message(exc)}",
+                f"rate limited: {_server_message(exc, self._api_key)}",
                 status=429,
                 retry_at=_retry_at(exc.response.headers, self._clock()),
             )
@@ -478,8 +478,7 @@ def _classify_status(
     exc: openai.APIStatusError, *, structured: bool, model: str, secret: str, now: float
 ) -> ClientError:
     status = exc.status_code
-    # A key pasted into a message (some proxies do) must not reach logs and alerts.
-    message = _server_message(exc).replace(secret, "***") if secret else _server_message(exc)
+    message = _server_message(exc, secret)
     said = f"{message} {_param(exc)}"
     if structured and status in (400, 422) and ("response_format" in said or "json_schema" in said):
         return _FormatRefused(message, kind=ErrorKind.PERMANENT, service=SERVICE, status=status)
@@ -522,13 +521,17 @@ def _configuration_fix(
     return None
 
 
-def _server_message(exc: openai.APIStatusError) -> str:
+def _server_message(exc: openai.APIStatusError, secret: str) -> str:
+    """What the server said, with our key masked: some proxies quote it back, and the
+    message goes to logs and alerts."""
     body = exc.body
     if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return clean_text(body["message"])[:300]
-    if isinstance(body, str):  # an HTML page from a proxy: its status says enough
+        message = clean_text(body["message"])
+    elif isinstance(body, str):  # an HTML page from a proxy: its status says enough
         return f"HTTP {exc.status_code} with a non-JSON body"
-    return str(exc)[:300]
+    else:
+        message = str(exc)
+    return (message.replace(secret, "***") if secret else message)[:300]
 
 
 def _param(exc: openai.APIStatusError) -> str:

@@ -229,6 +229,11 @@ class XClient:
         self._tweepy.session.close()
 
     @property
+    def reads_as_app(self) -> bool:
+        """Public reads use the app's bearer token, so they do not share our user windows."""
+        return self._app_auth
+
+    @property
     def rate_limits(self) -> dict[str, RateLimit]:
         """The last rate-limit headers X sent, per endpoint (``create_tweet``, ...)."""
         with self._lock:
@@ -288,6 +293,7 @@ class XClient:
         user_id: str,
         *,
         since_id: str | None = None,
+        until_id: str | None = None,
         max_results: int = 100,
         pagination_token: str | None = None,
         exclude: Iterable[str] = ("retweets", "replies"),
@@ -296,7 +302,7 @@ class XClient:
             user_id,
             owned=False,
             since_id=since_id,
-            until_id=None,
+            until_id=until_id,
             max_results=max_results,
             pagination_token=pagination_token,
             exclude=exclude,
@@ -331,6 +337,7 @@ class XClient:
         user_id: str,
         *,
         since_id: str | None = None,
+        until_id: str | None = None,
         max_results: int = 100,
         pagination_token: str | None = None,
     ) -> Page:
@@ -340,6 +347,7 @@ class XClient:
             lambda: self._tweepy.get_users_mentions(
                 user_id,
                 since_id=since_id,
+                until_id=until_id,
                 max_results=max_results,
                 pagination_token=pagination_token,
                 tweet_fields=TWEET_FIELDS,
@@ -356,6 +364,7 @@ class XClient:
         query: str,
         *,
         since_id: str | None = None,
+        until_id: str | None = None,
         max_results: int = 100,
         next_token: str | None = None,
     ) -> Page:
@@ -365,6 +374,7 @@ class XClient:
             lambda: self._tweepy.search_recent_tweets(
                 query,
                 since_id=since_id,
+                until_id=until_id,
                 max_results=max_results,
                 next_token=next_token,
                 tweet_fields=TWEET_FIELDS,

@@ -33,12 +33,19 @@ def fail(
     kind: str,
     now: datetime,
     claim: uuid.UUID | None = None,
+    lease: datetime | None = None,
     **fields: object,
 ) -> bool:
     """Move ``tweet`` to ``failed`` and record it in the dead-letter queue, atomically."""
     with transaction.atomic():
         if not transition(
-            tweet.id, expected=expected, to=Status.FAILED, claim=claim, last_error=error, **fields
+            tweet.id,
+            expected=expected,
+            to=Status.FAILED,
+            claim=claim,
+            lease=lease,
+            last_error=error,
+            **fields,
         ):
             return False
         dead_letter(tweet, stage=stage, error=error, kind=kind, now=now)

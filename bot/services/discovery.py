@@ -1,17 +1,18 @@
 """Find posts worth answering: target accounts, mentions of us, search queries.
 
-Each source is read from its cursor; the new rows and the advanced cursor are saved
-in one transaction, so a crash between the two reads the same posts again (and the
-unique post id drops the repeats) rather than skipping any. Posts we will not answer
-are kept as ``skipped`` with the reason, so they are never fetched and judged twice.
+Each source is read from its cursor, page by page (``bot.services.cursors``): each
+page's rows and the cursor are saved in one transaction, so nothing is skipped and a
+read cut short resumes where it stopped instead of paying for its pages again. Sources
+are read least recently read first, so a rate limit never starves the same ones.
+Posts we will not answer are kept as ``skipped`` with the reason, so they are never
+fetched and judged twice.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -30,23 +31,28 @@ from bot.models import (
     TargetAccount,
 )
 from bot.services.account import our_account
+from bot.services.cursors import Fetch, read_to_cursor
 from bot.services.notices import notice_service_error
 from resilience import ServiceError
 from resilience.alerts import raise_alert
 
 if TYPE_CHECKING:
-    from bot.clients.x import Page, Post, User, XClient
+    from bot.clients.x import Post, User, XClient
 
 log = logging.getLogger(__name__)
 
-MAX_PAGES = 50  # per source and pass: a guard, far above a normal pass (1 page)
+# Requests of the user-context timeline window left for our own timeline, which
+# publishing needs before it re-sends anything: target reads without a bearer token
+# share that window, and stop when only this much is left.
+OUR_TIMELINE_RESERVE = 10
 
 
 @dataclass(frozen=True)
 class Feed:
     key: str  # the cursor's name
     source: Source
-    fetch: Callable[[str | None, str | None], Page]
+    fetch: Fetch  # (since_id, until_id) -> one page
+    target_id: int | None = None
 
 
 def discover_all(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
@@ -61,13 +67,17 @@ def discover_all(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
         notice_service_error(exc)
         return counts
     for feed in feeds:
+        if feed.source == Source.TARGET and _timeline_window_low(x):
+            log.warning("discover: targets wait, the timeline window is kept for our own")
+            continue
         # One source failing, for any reason, never stops the others; its cursor stays.
         try:
-            posts, newest = _read(feed, now)
-            found, queued = _save(feed, posts, newest, me, now)
+            found, queued = _read(feed, me, now)
         except ServiceError as exc:
             log.warning("discover: %s not read, will try again: %s", feed.key, exc)
             notice_service_error(exc)
+            if feed.target_id is not None and exc.kind is ErrorKind.PERMANENT and exc.status == 404:
+                _target_gone(feed.target_id)
             if exc.reason == Reason.CIRCUIT_OPEN:
                 break
             continue
@@ -81,15 +91,23 @@ def discover_all(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
     return counts
 
 
+def _timeline_window_low(x: XClient) -> bool:
+    if x.reads_as_app:
+        return False
+    window = x.rate_limits.get("user_tweets")
+    return window is not None and window.remaining <= OUR_TIMELINE_RESERVE
+
+
 def _feeds(x: XClient, my_id: str) -> list[Feed]:
     _resolve_targets(x)
     feeds = [
         Feed(
             f"target:{target.x_user_id}",
             Source.TARGET,
-            lambda since, token, uid=target.x_user_id: x.user_posts(
-                uid, since_id=since, pagination_token=token
+            lambda since, until, uid=target.x_user_id: x.user_posts(
+                uid, since_id=since, until_id=until
             ),
+            target_id=target.id,
         )
         for target in TargetAccount.objects.filter(enabled=True).exclude(x_user_id="")
     ]
@@ -97,20 +115,38 @@ def _feeds(x: XClient, my_id: str) -> list[Feed]:
         Feed(
             "mentions",
             Source.MENTION,
-            lambda since, token: x.mentions(my_id, since_id=since, pagination_token=token),
+            lambda since, until: x.mentions(my_id, since_id=since, until_id=until),
         )
     )
     feeds += [
         Feed(
             f"search:{query.id}",
             Source.SEARCH,
-            lambda since, token, q=query.query: x.search_recent(
-                q, since_id=since, next_token=token
-            ),
+            lambda since, until, q=query.query: x.search_recent(q, since_id=since, until_id=until),
         )
         for query in SearchQuery.objects.filter(enabled=True)
     ]
-    return feeds
+    last_read = dict(
+        Cursor.objects.filter(source__in=[f.key for f in feeds]).values_list("source", "updated_at")
+    )
+    never = datetime.min.replace(tzinfo=UTC)
+    return sorted(feeds, key=lambda feed: last_read.get(feed.key) or never)
+
+
+def _target_gone(target_id: int) -> None:
+    """X says a target we read before no longer exists: stop paying to ask, say so."""
+    target = TargetAccount.objects.filter(id=target_id, enabled=True).first()
+    if target is None:
+        return
+    TargetAccount.objects.filter(id=target_id).update(enabled=False)
+    raise_alert(
+        kind="target_not_found",
+        subject=f"@{target.username}",
+        message=(
+            f"@{target.username} is gone from X (deleted, suspended or renamed); it is "
+            "disabled until you fix it."
+        ),
+    )
 
 
 def _resolve_targets(x: XClient) -> None:
@@ -139,35 +175,30 @@ def _resolve_targets(x: XClient) -> None:
         )
 
 
-def _read(feed: Feed, now: datetime) -> tuple[list[Post], str | None]:
-    """Every post newer than the cursor that is young enough to answer.
+def _read(feed: Feed, me: User, now: datetime) -> tuple[int, int]:
+    """Every post newer than the cursor that is young enough to answer, saved page by page.
 
-    Pages come newest first; reading stops at the end, or at a page whose oldest post
-    is past the age limit (older ones would be skipped anyway), so the cursor can move
-    to the newest post without leaving anything answerable behind.
+    Reading stops at the end, or at a page whose oldest post is past the age limit
+    (older ones would be skipped anyway). Returns (posts found, posts queued).
     """
-    since = Cursor.objects.filter(source=feed.key).values_list("since_id", flat=True).first()
     oldest_wanted = now - timedelta(hours=settings.MAX_POST_AGE_HOURS)
-    posts: list[Post] = []
-    newest: str | None = None
-    token: str | None = None
-    for _ in range(MAX_PAGES):
-        page = feed.fetch(since or None, token)
-        newest = newest or page.newest_id
-        posts += page.posts
-        token = page.next_token
-        if not token or (page.posts and min(p.created_at for p in page.posts) < oldest_wanted):
-            break
-    else:
-        log.warning(
-            "discover: %s has over %d pages of new posts; the rest is skipped", feed.key, MAX_PAGES
-        )
-    return posts, newest
+    counts = [0, 0]
+
+    def keep(posts: list[Post]) -> None:
+        found, queued = _save(feed, posts, me, now)
+        counts[0] += found
+        counts[1] += queued
+
+    read_to_cursor(
+        feed.key,
+        feed.fetch,
+        keep,
+        enough=lambda page, cursor: min(p.created_at for p in page.posts) < oldest_wanted,
+    )
+    return counts[0], counts[1]
 
 
-def _save(
-    feed: Feed, posts: list[Post], newest: str | None, me: User, now: datetime
-) -> tuple[int, int]:
+def _save(feed: Feed, posts: list[Post], me: User, now: datetime) -> tuple[int, int]:
     opted_out = set(OptedOutAuthor.objects.values_list("username", flat=True))
     # Quoting one of our posts summons us too. We know our replies (read once for
     # reconciling), which is what people quote; a quote of another post of ours is
@@ -178,20 +209,17 @@ def _save(
         ).values_list("reply_id", flat=True)
     )
     rows = [_row(feed, post, me, now, opted_out, quoted_ours) for post in posts]
-    with transaction.atomic():
-        known = set(
-            QueuedTweet.objects.filter(
-                target_tweet_id__in=[row.target_tweet_id for row in rows]
-            ).values_list("target_tweet_id", flat=True)
-        )
-        fresh = [row for row in rows if row.target_tweet_id not in known]
-        try:
-            with transaction.atomic():
-                QueuedTweet.objects.bulk_create(fresh, ignore_conflicts=True)
-        except DatabaseError:
-            fresh = _save_one_by_one(fresh)
-        if newest:
-            Cursor.objects.update_or_create(source=feed.key, defaults={"since_id": newest})
+    known = set(
+        QueuedTweet.objects.filter(
+            target_tweet_id__in=[row.target_tweet_id for row in rows]
+        ).values_list("target_tweet_id", flat=True)
+    )
+    fresh = [row for row in rows if row.target_tweet_id not in known]
+    try:
+        with transaction.atomic():
+            QueuedTweet.objects.bulk_create(fresh, ignore_conflicts=True)
+    except DatabaseError:
+        fresh = _save_one_by_one(fresh)
     return len(fresh), sum(1 for row in fresh if row.status == Status.NEW)
 
 

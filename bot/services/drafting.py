@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from bot.clients.errors import ClientError, ErrorKind, Reason
 from bot.models import QueuedTweet, Status, TargetAccount
-from bot.policy import DRAFT_LEASE, MAX_DRAFT_ATTEMPTS, backoff
+from bot.policy import MAX_DRAFT_ATTEMPTS, backoff, draft_lease
 from bot.replies import SIMILAR, most_similar
 from bot.selectors import our_recent_reply_texts
 from bot.services.dead_letters import Stage, dead_letter_resolve, fail
@@ -45,7 +45,7 @@ def draft_new(llm: LLMClient, *, now: datetime | None = None, limit: int = 20) -
     now = now or timezone.now()
     counts = {outcome.value: 0 for outcome in Outcome}
     for tweet in _waiting(now).order_by("created_at")[:limit]:
-        if not _claim(tweet):
+        if not _claim(tweet, llm):
             continue  # another worker is drafting it: one model call per draft
         try:
             outcome = reply_draft(tweet, llm)
@@ -70,16 +70,18 @@ def _waiting(now: datetime) -> QuerySet[QueuedTweet]:
     )
 
 
-def _claim(tweet: QueuedTweet) -> bool:
-    # Stamped when this claim is made: a pass that started minutes ago (a slow model)
-    # must not hand out leases that have already run out.
+def _claim(tweet: QueuedTweet, llm: LLMClient) -> bool:
+    # Stamped when this claim is made (a pass that started minutes ago must not hand
+    # out leases that have already run out), and long enough for the slowest draft.
     now = timezone.now()
+    lease = now + draft_lease(settings.DRAFT_VARIANTS, llm.timeout)
     free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
-    return bool(
-        QueuedTweet.objects.filter(free, id=tweet.id, status=Status.NEW).update(
-            lease_until=now + DRAFT_LEASE
-        )
-    )
+    if not QueuedTweet.objects.filter(free, id=tweet.id, status=Status.NEW).update(
+        lease_until=lease
+    ):
+        return False
+    tweet.lease_until = lease
+    return True
 
 
 def reply_draft(tweet: QueuedTweet, llm: LLMClient) -> Outcome:
@@ -94,6 +96,7 @@ def reply_draft(tweet: QueuedTweet, llm: LLMClient) -> Outcome:
                     tweet.id,
                     expected=Status.NEW,
                     to=Status.SKIPPED,
+                    lease=tweet.lease_until,
                     skip_reason=f"relevance {score:.2f} below {settings.RELEVANCE_THRESHOLD}",
                 )
                 return Outcome.SKIPPED
@@ -112,10 +115,13 @@ def reply_draft(tweet: QueuedTweet, llm: LLMClient) -> Outcome:
         log.info("draft: model unavailable (%s); posts wait", exc)
         notice_service_error(exc)
         return Outcome.WAITING
+    # Written only under this worker's lease: one that outlived it leaves the post to
+    # the worker that took it over.
     moved = transition(
         tweet.id,
         expected=Status.NEW,
         to=Status.PENDING,
+        lease=tweet.lease_until,
         draft=variants[0],
         variants=variants,
         draft_version=next_draft_version(),
@@ -190,7 +196,14 @@ def _spend_attempt(
     }
     if attempts >= MAX_DRAFT_ATTEMPTS:
         fail(
-            tweet, stage=Stage.DRAFT, expected=Status.NEW, error=error, kind=kind, now=now, **fields
+            tweet,
+            stage=Stage.DRAFT,
+            expected=Status.NEW,
+            lease=tweet.lease_until,
+            error=error,
+            kind=kind,
+            now=now,
+            **fields,
         )
         return Outcome.FAILED
     # A bug or a bad value is not fixed by asking again at once; invalid output may be.
@@ -199,6 +212,7 @@ def _spend_attempt(
         tweet.id,
         expected=Status.NEW,
         to=Status.NEW,
+        lease=tweet.lease_until,
         last_error=error,
         next_attempt_at=now + delay if delay else None,
         **fields,

@@ -107,9 +107,12 @@ def hand_off_due(*, now: datetime | None = None) -> int:
         return 0
     handed = 0
     for tweet in through_handoff(due_replies(now)):
-        if _screened(tweet, now) is not None:
-            continue
-        handed += transition(tweet.id, expected=Status.APPROVED, to=Status.HANDOFF)
+        try:
+            if _screened(tweet, now) is None:
+                handed += transition(tweet.id, expected=Status.APPROVED, to=Status.HANDOFF)
+        except Exception as exc:
+            log.exception("handoff: reply %s could not be handed off", tweet.id)
+            spend_attempt(tweet, expected=Status.APPROVED, now=now, **_crash(exc))
     return handed
 
 
@@ -255,6 +258,16 @@ def reply_send(tweet: QueuedTweet, x: XClient) -> Answer:
     call) may come after the bytes went out, so it is taken as ambiguous.
     """
     now = timezone.now()
+    if publishing_paused():
+        # Paused after the claim: the reply goes back, untouched, for after the pause.
+        transition(
+            tweet.id,
+            expected=Status.PUBLISHING,
+            to=Status.APPROVED,
+            claim=tweet.publish_request_id,
+            **UNCLAIMED,
+        )
+        return Answer()
     began = QueuedTweet.objects.filter(
         id=tweet.id,
         status=Status.PUBLISHING,
@@ -397,18 +410,27 @@ def _publish_crashed(tweet: QueuedTweet, exc: Exception) -> None:
     """An unexpected error in a claimed reply's publish.
 
     Before the send was recorded nothing can have gone out: the attempt is spent and
-    the reply waits. After it, X may have posted: the row keeps its claim until the
-    lease runs out, and reconcile judges it against our timeline.
+    the reply waits. After it, X may have posted: the row becomes ``unknown`` (the call
+    is over) for reconcile to judge, and if it never went out reconcile spends the
+    attempt, so a bug that repeats cannot loop.
     """
+    now = timezone.now()
+    crash = _crash(exc)
     sent_at = QueuedTweet.objects.filter(id=tweet.id).values_list("sent_at", flat=True).first()
-    if sent_at != tweet.sent_at:
+    if sent_at == tweet.sent_at:
+        spend_attempt(
+            tweet, expected=Status.PUBLISHING, claim=tweet.publish_request_id, now=now, **crash
+        )
         return
-    spend_attempt(
-        tweet,
+    transition(
+        tweet.id,
         expected=Status.PUBLISHING,
+        to=Status.UNKNOWN,
         claim=tweet.publish_request_id,
-        now=timezone.now(),
-        **_crash(exc),
+        lease_until=now,
+        last_error=crash["error"],
+        last_error_kind=ErrorKind.AMBIGUOUS,
+        last_error_reason=crash["reason"],
     )
 
 

@@ -21,6 +21,7 @@ from django.utils import timezone
 from bot.clients.errors import ErrorKind, Reason
 from bot.models import Channel, Cursor, Decision, OurReply, QueuedTweet, Status
 from bot.policy import TIMELINE_LAG, WATCH_SENT_FOR, backoff
+from bot.services.cursors import read_to_cursor
 from bot.services.dead_letters import Stage, dead_letter_resolve, fail, spend_attempt
 from bot.services.notices import notice_service_error
 from bot.services.transitions import UNCLAIMED, audit, posted_fields, transition
@@ -28,14 +29,13 @@ from resilience import ServiceError
 from resilience.alerts import raise_alert
 
 if TYPE_CHECKING:
-    from bot.clients.x import XClient
+    from bot.clients.x import Page, Post, XClient
 
 log = logging.getLogger(__name__)
 
 OUR_REPLIES = "our_replies"
-# Pages of 100 read per refresh at most; the rest waits for the next one (X keeps the
-# newest 3,200 posts of a timeline, so 50 pages always reach its end).
-MAX_PAGES = 50
+# How long sent replies may wait on an unreadable timeline before the owner is told.
+UNREADABLE_FOR = timedelta(hours=1)
 # Rows that were sent and are not settled as posted: whatever their status, the reply
 # may exist on X, so they stay watched.
 WATCHED = [Status.APPROVED, Status.FAILED, Status.EXPIRED, Status.REJECTED, Status.SKIPPED]
@@ -57,52 +57,35 @@ class Outcome(enum.StrEnum):
 def our_replies_refresh(x: XClient) -> bool:
     """Read every post of ours newer than the cursor; keep our replies. True if complete.
 
-    Pages come newest first. After each page the rows and the cursor are saved together:
-    the cursor never moves past a post not read, and a read cut short (X failed on page
-    3) resumes below what it read instead of reading it (and paying for it) again.
+    The very first read stops at posts older than anything we could still be asked
+    about: X keeps 3,200 posts of a timeline, and reading them all would cost dollars.
     """
-    cursor, _ = Cursor.objects.get_or_create(source=OUR_REPLIES)
+
+    def keep(posts: list[Post]) -> None:
+        OurReply.objects.bulk_create(
+            [
+                OurReply(reply_id=p.id, in_reply_to_id=p.replied_to_id, text=p.text)
+                for p in posts
+                if p.replied_to_id
+            ],
+            ignore_conflicts=True,
+        )
+
+    def enough(page: Page, cursor: Cursor) -> bool:
+        oldest = min(p.created_at for p in page.posts)
+        return not cursor.since_id and oldest < timezone.now() - _history_needed()
+
     try:
-        for _ in range(MAX_PAGES):
-            if _read_page(x, cursor):
-                return True
+        return read_to_cursor(
+            OUR_REPLIES,
+            lambda since, until: x.our_posts(since_id=since, until_id=until),
+            keep,
+            enough=enough,
+        )
     except ServiceError as exc:
         log.warning("our timeline not read to the end, will go on next time: %s", exc)
         notice_service_error(exc)
         return False
-    log.warning("our timeline has over %d pages of new posts; the rest next time", MAX_PAGES)
-    return False
-
-
-def _read_page(x: XClient, cursor: Cursor) -> bool:
-    """Read the newest unread page; True when nothing newer than the cursor is left.
-
-    Unread are the posts above ``since_id`` and, while a read is under way, below
-    ``until_id``; ``top_id`` is the newest post that read has seen.
-    """
-    gap = bool(cursor.until_id)
-    page = x.our_posts(since_id=cursor.since_id or None, until_id=cursor.until_id or None)
-    replies = [p for p in page.posts if p.is_reply]
-    done = not page.next_token or not page.posts
-    if page.posts:
-        ids = [int(p.id) for p in page.posts]
-        cursor.top_id = cursor.top_id or str(max(ids))
-        cursor.until_id = str(min(ids))
-        # The very first read needs no history older than anything we could still be
-        # asked about (X keeps 3,200 posts: reading them all would cost dollars).
-        oldest = min(p.created_at for p in page.posts)
-        done = done or (not cursor.since_id and oldest < timezone.now() - _history_needed())
-    if done:
-        cursor.since_id = cursor.top_id or cursor.since_id
-        cursor.until_id = cursor.top_id = ""
-    with transaction.atomic():
-        OurReply.objects.bulk_create(
-            [OurReply(reply_id=p.id, in_reply_to_id=p.replied_to_id, text=p.text) for p in replies],
-            ignore_conflicts=True,
-        )
-        cursor.save(update_fields=["since_id", "until_id", "top_id", "updated_at"])
-    # A finished gap leaves the posts above the old top still to read.
-    return done and not gap
 
 
 def _history_needed() -> timedelta:
@@ -167,6 +150,8 @@ def reconcile(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
     if not (unknown or handed_off or watched):
         return counts
     complete = our_replies_refresh(x)
+    if not complete:
+        _report_long_wait(unknown + watched, now)
     targets = [tweet.target_tweet_id for tweet in unknown + handed_off + watched]
     found = dict(
         OurReply.objects.filter(in_reply_to_id__in=targets)
@@ -182,6 +167,23 @@ def reconcile(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
         if outcome is not None:
             counts[outcome] += 1
     return counts
+
+
+def _report_long_wait(waiting: list[QueuedTweet], now: datetime) -> None:
+    """Replies that may be live cannot be settled while our timeline is unreadable: after
+    an hour of that (a rate limit, a usage cap, X failing), the owner hears of it."""
+    stuck = [t for t in waiting if (t.sent_at or t.updated_at) < now - UNREADABLE_FOR]
+    if not stuck:
+        return
+    raise_alert(
+        kind="timeline_unreadable",
+        subject="x",
+        message=(
+            f"{len(stuck)} replies that may already be on X wait to be checked against your "
+            "timeline, which X has not let Reply Guy read for over an hour (see the log and "
+            "the circuit breakers page). Nothing is re-sent until it can be read."
+        ),
+    )
 
 
 def _judge(

@@ -36,6 +36,7 @@ def transition(
     to: Status,
     claim: uuid.UUID | None = None,
     version: int | None = None,
+    lease: datetime | None = None,
     **fields: object,
 ) -> bool:
     """Move one row if, and only if, it is still in an expected status.
@@ -45,7 +46,8 @@ def transition(
     ``claim`` is the publish request a write belongs to: a write made after a call to X
     names it, so a late answer can never move a row another attempt now owns.
     ``version`` is the draft version a decision was made on: a draft rewritten since
-    is not the one decided about.
+    is not the one decided about. ``lease`` is the drafting lease a model's answer
+    belongs to: a worker that outlived its lease does not overwrite its successor.
     """
     statuses = [expected] if isinstance(expected, str) else list(expected)
     rows = QueuedTweet.objects.filter(id=tweet_id, status__in=statuses)
@@ -53,6 +55,8 @@ def transition(
         rows = rows.filter(publish_request_id=claim)
     if version is not None:
         rows = rows.filter(draft_version=version)
+    if lease is not None:
+        rows = rows.filter(lease_until=lease)
     return rows.update(status=to, updated_at=timezone.now(), **fields) == 1
 
 
