@@ -46,6 +46,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.breaker_overhead
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.timeline_reads
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""What one tweet costs the pipeline: database queries per stage, and tweets per second.
+"""What one tweet costs the pipeline: database queries and X posts read per stage, and
+tweets per second.
 
 Run from the project root; it uses a throwaway SQLite database unless DATABASE_URL
 is set, and starts the X, OpenAI-compatible and Telegram stand-ins in-process::
@@ -18,7 +19,10 @@ In one run it measures:
 
 1. every database query of each stage, counted with ``connection.execute_wrapper``,
    per tweet of the batch, side by side for each queue size;
-2. the wall time of each stage and of the whole lifecycle, best of R runs, as tweets
+2. the posts each stage read from X (X bills every post read), from the sandbox's
+   ``posts_returned``: summed over its routes and for ``user_tweets`` (our own timeline)
+   alone, per tweet of the batch and per pass, in the same counted lifecycle;
+3. the wall time of each stage and of the whole lifecycle, best of R runs, as tweets
    per second through one worker against the zero-latency sandbox.
 
 It checks that every post was answered exactly once, prints a verdict per target and
@@ -38,8 +42,8 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -49,6 +53,7 @@ from bench.common import bench_environment, machine, positive
 if TYPE_CHECKING:
     from bot.models import QueuedTweet
     from sandbox.harness import Sandbox
+    from sandbox.x_api import XApp
 
 DEFAULT_POSTS = 200
 DEFAULT_QUEUE_SIZES = (10, 1000)
@@ -59,6 +64,8 @@ MAX_POSTS = 5000
 # A stage runs until a pass finds nothing to do; this bounds one that never settles.
 MAX_PASSES = 1000
 SEED = 20261128
+# The sandbox route that serves our own timeline (an owned read, X's cheaper price).
+OUR_TIMELINE = "user_tweets"
 
 # Publish as soon as approved: no delay, no quiet hours, no spacing, caps out of reach.
 PACING: dict[str, Any] = {
@@ -117,6 +124,28 @@ class StageRun:
     passes: int
     seconds: float
     tally: Tally | None
+    # Posts read from X in each pass, per sandbox route (counted lifecycles only).
+    reads: list[Counter[str]] | None = None
+
+
+class _ReadMeter:
+    """Posts the sandbox's X put in its answers (``posts_returned``), pass by pass."""
+
+    def __init__(self, app: XApp) -> None:
+        self.app = app
+        self.passes: list[Counter[str]] = []
+
+    def _returned(self) -> Counter[str]:
+        with self.app.lock:
+            return Counter(self.app.posts_returned)
+
+    @contextmanager
+    def one_pass(self) -> Iterator[None]:
+        before = self._returned()
+        try:
+            yield
+        finally:
+            self.passes.append(self._returned() - before)
 
 
 @dataclass
@@ -127,6 +156,8 @@ class Lifecycle:
     posted: int
     replies: int
     replied_twice: int
+    # Posts of ours on the sandbox's X at the end: each may be read once, no more.
+    our_posts: int = 0
 
     @property
     def seconds(self) -> float:
@@ -257,6 +288,7 @@ def _lifecycle(sandbox: Sandbox, *, queue_size: int, posts: int, count: bool) ->
     from django.db import connection
 
     from resilience import registry
+    from sandbox.x_api import OUR_USERNAME
 
     _wipe()
     _prefill(queue_size)
@@ -266,27 +298,35 @@ def _lifecycle(sandbox: Sandbox, *, queue_size: int, posts: int, count: bool) ->
     stages: dict[str, StageRun] = {}
     for name, stage in _stages(batch):
         tally = Tally() if count else None
+        meter = _ReadMeter(sandbox.x) if count else None
         wrapper = connection.execute_wrapper(_Counter(tally)) if tally else nullcontext()
         with wrapper:
             started = time.perf_counter()
-            passes = stage()
+            passes = stage(meter)
             seconds = time.perf_counter() - started
-        stages[name] = StageRun(passes, seconds, tally)
+        stages[name] = StageRun(passes, seconds, tally, meter.passes if meter else None)
     posted, replies, replied_twice = _outcome(sandbox, batch)
-    return Lifecycle(queue_size, posts, stages, posted, replies, replied_twice)
+    our_posts = len(sandbox.x.posts_by(OUR_USERNAME))
+    return Lifecycle(queue_size, posts, stages, posted, replies, replied_twice, our_posts)
 
 
-def _stages(batch: list[str]) -> list[tuple[str, Callable[[], int]]]:
+def _stages(batch: list[str]) -> list[tuple[str, Callable[[_ReadMeter | None], int]]]:
     """``bot.tasks.STAGES`` in order, with the owner's approvals after the draft stage.
 
     Each task runs pass after pass until a pass finds nothing to do (that idle pass
-    included), as a worker draining a backlog would. Returns (stage, run it -> passes).
+    included), as a worker draining a backlog would. Returns (stage, run it -> passes);
+    a meter given to the run notes the posts read from X in each pass.
     """
     from bot import tasks
     from bot.models import Channel, QueuedTweet, Status
     from bot.services.review import reply_approve
 
-    def approve() -> int:
+    def approve(meter: _ReadMeter | None) -> int:
+        with meter.one_pass() if meter else nullcontext():
+            _approve_all()
+        return 1
+
+    def _approve_all() -> None:
         # The owner's list of what waits, then one decision per row; each decision loads
         # its row first, as the admin and Telegram handlers do.
         waiting = list(
@@ -299,9 +339,8 @@ def _stages(batch: list[str]) -> list[tuple[str, Callable[[], int]]]:
             reply_approve(
                 tweet, actor="owner", channel=Channel.TELEGRAM, version=tweet.draft_version
             )
-        return 1
 
-    stages: list[tuple[str, Callable[[], int]]] = []
+    stages: list[tuple[str, Callable[[_ReadMeter | None], int]]] = []
     for name, task in tasks.STAGES:
         stages.append((name, _drain(task)))
         if name == "draft":
@@ -309,10 +348,11 @@ def _stages(batch: list[str]) -> list[tuple[str, Callable[[], int]]]:
     return stages
 
 
-def _drain(task: Callable[[], dict[str, int]]) -> Callable[[], int]:
-    def run() -> int:
+def _drain(task: Callable[[], dict[str, int]]) -> Callable[[_ReadMeter | None], int]:
+    def run(meter: _ReadMeter | None) -> int:
         for passes in range(1, MAX_PASSES + 1):
-            counts = task()
+            with meter.one_pass() if meter else nullcontext():
+                counts = task()
             # "waiting" means the service is down: nothing will move this pass or the next.
             if not any(value for key, value in counts.items() if key != "waiting"):
                 return passes
@@ -519,16 +559,27 @@ def _report(
 
     sizes = sorted(counted)
     queries = {str(size): _queries(counted[size]) for size in sizes}
+    x_reads = {str(size): _x_reads(counted[size]) for size in sizes}
     throughput = {str(size): _throughput(timed[size]) for size in sizes}
     runs = [counted[size] for size in sizes] + [run for size in sizes for run in timed[size]]
 
     def pipeline_total(size: int) -> float:
         return queries[str(size)]["total"]["pipeline_per_tweet"]
 
+    def reads_total(size: int) -> float:
+        return x_reads[str(size)]["total"]["per_tweet"]
+
     growth = _growth(counted) if len(sizes) > 1 else {}
     verdicts = {
         "queries_per_tweet_flat": all(
             pipeline_total(size) <= pipeline_total(sizes[0]) for size in sizes
+        ),
+        "x_posts_read_per_tweet_flat": all(
+            reads_total(size) <= reads_total(sizes[0]) for size in sizes
+        ),
+        # A bound, not an id check: never more timeline reads than posts of ours exist.
+        "our_timeline_posts_read_at_most_once": all(
+            x_reads[str(size)]["total"][OUR_TIMELINE] <= counted[size].our_posts for size in sizes
         ),
         "every_post_answered_exactly_once": all(run.complete for run in runs),
     }
@@ -546,6 +597,7 @@ def _report(
             "breaker_store": settings.RESILIENCE["STORE"],
         },
         "queries": queries,
+        "x_posts_read": x_reads,
         "throughput": throughput,
         "growth": growth,
         "outcomes": [
@@ -555,6 +607,7 @@ def _report(
                 "posted": run.posted,
                 "replies_on_x": run.replies,
                 "answered_twice": run.replied_twice,
+                "our_posts_on_x": run.our_posts,
             }
             for run in runs
         ],
@@ -577,6 +630,37 @@ def _queries(run: Lifecycle) -> dict[str, Any]:
             "top_shapes": tally.shapes.most_common(6),
         }
     return {"stages": stages, "total": _per_tweet(total, run.posts)}
+
+
+def _x_reads(run: Lifecycle) -> dict[str, Any]:
+    """Posts read from X per stage: by route, all routes and our timeline alone."""
+    stages: dict[str, Any] = {}
+    every: list[Counter[str]] = []
+    for name, stage in run.stages.items():
+        if stage.reads is None:
+            raise ValueError(f"the {name} stage of this lifecycle was not counted")
+        stages[name] = {"passes": stage.passes, **_reads_summary(stage.reads, run.posts)}
+        every += stage.reads
+    return {"stages": stages, "total": _reads_summary(every, run.posts)}
+
+
+def _reads_summary(passes: list[Counter[str]], posts: int) -> dict[str, Any]:
+    by_route: Counter[str] = Counter()
+    for one in passes:
+        by_route.update(one)
+    total = sum(by_route.values())
+    ours = by_route[OUR_TIMELINE]
+    return {
+        "by_route": dict(sorted(by_route.items())),
+        "posts_read": total,
+        OUR_TIMELINE: ours,
+        "per_tweet": total / posts,
+        f"{OUR_TIMELINE}_per_tweet": ours / posts,
+        "per_pass": total / len(passes) if passes else 0.0,
+        f"{OUR_TIMELINE}_per_pass": ours / len(passes) if passes else 0.0,
+        "most_in_one_pass": max((sum(one.values()) for one in passes), default=0),
+        f"{OUR_TIMELINE}_most_in_one_pass": max((one[OUR_TIMELINE] for one in passes), default=0),
+    }
 
 
 def _per_tweet(tally: Tally, posts: int) -> dict[str, Any]:
@@ -664,6 +748,10 @@ def _render(report: dict[str, Any]) -> str:
         f"  {'queries in all':<27}"
         + "".join(f"{queries[size]['total']['queries']:>14,}" for size in sizes),
         "",
+    ]
+    lines += _render_reads(report, sizes)
+    lines += [
+        "",
         "Wall time, one worker, zero-latency sandbox in this process (best run)",
         f"  {'stage':<20}{'passes':>7}{heads}",
     ]
@@ -698,6 +786,18 @@ def _render(report: dict[str, Any]) -> str:
         f"{queries[size]['total']['pipeline_per_tweet']:.2f} at {int(size):,} rows"
         for size in sizes
     )
+    reads = {size: report["x_posts_read"][size]["total"] for size in sizes}
+    read_totals = ", ".join(
+        f"{reads[size]['per_tweet']:.2f} ({reads[size][OUR_TIMELINE + '_per_tweet']:.2f} "
+        f"of our timeline) at {int(size):,} rows"
+        for size in sizes
+    )
+    ours = ", ".join(
+        f"{reads[o_size][OUR_TIMELINE]:,} read of {o['our_posts_on_x']:,}"
+        for o in report["outcomes"]
+        if o["counted"]
+        for o_size in [str(o["queue_size"])]
+    )
     lines += [
         "",
         "Targets",
@@ -707,12 +807,56 @@ def _render(report: dict[str, Any]) -> str:
             f"which follow the clock, aside): {totals}",
         ),
         _verdict(
+            ok["x_posts_read_per_tweet_flat"],
+            f"X posts read per tweet do not grow with the queue: {read_totals}",
+        ),
+        _verdict(
+            ok["our_timeline_posts_read_at_most_once"],
+            f"our timeline ({OUR_TIMELINE}) reads never exceed the posts of ours on X: {ours}",
+        ),
+        _verdict(
             ok["every_post_answered_exactly_once"],
             f"every post answered exactly once in all {len(report['outcomes'])} lifecycles"
             + (f"; instead: {'; '.join(wrong)}" if wrong else ""),
         ),
     ]
     return "\n".join(lines)
+
+
+def _render_reads(report: dict[str, Any], sizes: list[str]) -> list[str]:
+    """Posts read from X per tweet, all routes / our timeline, per stage and queue size."""
+    reads = report["x_posts_read"]
+    first = reads[sizes[0]]["stages"]
+    ours = OUR_TIMELINE
+    heads = "".join(f"{'queue ' + f'{int(size):,}':>16}" for size in sizes)
+
+    def cell(entry: dict[str, Any], key: str, fmt: str) -> str:
+        return f"{format(entry[key], fmt)} / {format(entry[ours + '_' + key], fmt)}"
+
+    lines = [
+        f"X posts read per tweet (sandbox posts_returned: all routes / {ours}, our timeline)",
+        f"  {'stage':<20}{'passes':>7}{heads}",
+    ]
+    for name in first:
+        values = "".join(
+            f"{cell(reads[size]['stages'][name], 'per_tweet', '.2f'):>16}" for size in sizes
+        )
+        lines.append(f"  {name:<20}{first[name]['passes']:>7}{values}")
+
+    def total_line(label: str, text: Callable[[dict[str, Any]], str]) -> str:
+        return f"  {label:<27}" + "".join(f"{text(reads[size]['total']):>16}" for size in sizes)
+
+    lines += [
+        total_line("total", lambda t: cell(t, "per_tweet", ".2f")),
+        total_line("posts read in all", lambda t: f"{t['posts_read']:,} / {t[ours]:,}"),
+        total_line("per pass (mean)", lambda t: cell(t, "per_pass", ".2f")),
+        total_line("most in one pass", lambda t: cell(t, "most_in_one_pass", "d")),
+    ]
+    for size in sizes:
+        routes = reads[size]["total"]["by_route"]
+        listed = ", ".join(f"{route} {n:,}" for route, n in routes.items()) or "none"
+        lines.append(f"  posts by route at {int(size):,} rows: {listed}")
+    return lines
 
 
 def _verdict(passed: bool, text: str) -> str:
