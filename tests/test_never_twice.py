@@ -905,3 +905,23 @@ def test_pausing_after_a_claim_stops_that_reply_too(pipeline):
     row = discovered(post_id)
     assert (row.status, row.publish_request_id, row.sent_at) == (Status.APPROVED, None, None)
     assert pipeline.x.replies_to(post_id) == []
+
+
+@pytest.mark.parametrize("fault", [{"status": 503}, {"status": 429, "reset_in": 75 * 60}])
+def test_while_our_timeline_cannot_be_read_nothing_is_sent_and_the_owner_is_told(pipeline, fault):
+    post_id = summon(pipeline)
+    run_pipeline()
+    approved(post_id)
+    pipeline.x.faults.add("user_tweets", "error", **fault)
+    by_hand = pipeline.x.publish(OUR_USERNAME, "answered from my phone", reply_to=post_id)
+    for minutes in (0, 30, 70):
+        with later(minutes):
+            run_pipeline()
+    assert [r.id for r in pipeline.x.replies_to(post_id)] == [by_hand], "nothing sent blind"
+    assert discovered(post_id).status == Status.APPROVED
+    assert AlertEvent.objects.filter(kind="timeline_unreadable").count() == 1
+    pipeline.x.faults.clear()
+    with later(80):
+        run_pipeline()
+    tweet = discovered(post_id)
+    assert (tweet.status, tweet.reply_tweet_id) == (Status.POSTED, by_hand)

@@ -73,6 +73,7 @@ class ModelX:
         self.posts: dict[str, tuple[str, str, float, bool]] = {}  # id -> target, text, at, hand
         self.ids = itertools.count(1000)
         self.mode = "ok"
+        self.timeline_down = False
 
     def now(self) -> float:
         return timezone.now().timestamp()
@@ -95,6 +96,8 @@ class ModelX:
         pagination_token: str | None = None,
         max_results: int = 100,
     ) -> Page:
+        if self.timeline_down:
+            raise _error("timeline unavailable", ErrorKind.TRANSIENT, 503)
         visible = sorted(
             (
                 int(pid)
@@ -120,8 +123,8 @@ class ModelX:
             author_username="replyguy",
             created_at=datetime.fromtimestamp(at, UTC),
             conversation_id=target,
-            in_reply_to_user_id="2",
-            referenced=(("replied_to", target),),
+            in_reply_to_user_id="2" if target else None,
+            referenced=(("replied_to", target),) if target else (),
             mentions=(),
         )
 
@@ -272,6 +275,16 @@ class PublishProtocol(RuleBasedStateMachine):
         self.x._add(tweet.target_tweet_id, f"by hand {next(self.texts)}", by_hand=True)
         self.clock.shift(LAG + 1)
 
+    @rule(posts=st.integers(1, 5))
+    def owner_posts_on_their_own(self, posts: int) -> None:
+        """An active owner: posts of ours that answer nothing push older ones down a page."""
+        for _ in range(posts):
+            self.x._add("", f"a thought {next(self.texts)}", by_hand=True)
+
+    @rule(down=st.booleans())
+    def our_timeline_fails(self, down: bool) -> None:
+        self.x.timeline_down = down
+
     @rule(seconds=st.sampled_from([1, 30, 61, 130, 301, 420, 900]))
     def time_passes(self, seconds: int) -> None:
         self.clock.shift(seconds)
@@ -291,9 +304,9 @@ class PublishProtocol(RuleBasedStateMachine):
     @rule(w=st.integers(0, 1))
     def worker_claims(self, w: int) -> None:
         worker = self.workers[w]
-        if worker.tweet is None:
-            read = our_replies_refresh(self.x)
-            worker.tweet = claim_next(now=timezone.now(), timeline_read=read)
+        # As publish_due does: no look at our timeline, no claim.
+        if worker.tweet is None and our_replies_refresh(self.x):
+            worker.tweet = claim_next(now=timezone.now())
 
     @precondition(lambda self: any(w.tweet is not None and w.answer is None for w in self.workers))
     @rule(w=st.integers(0, 1), mode=st.sampled_from(MODES))
@@ -314,7 +327,7 @@ class PublishProtocol(RuleBasedStateMachine):
     @precondition(lambda self: self.has(Status.APPROVED))
     @rule(mode=st.sampled_from(MODES))
     def a_third_worker_publishes_in_one_go(self, mode: str) -> None:
-        tweet = claim_next(now=timezone.now(), timeline_read=our_replies_refresh(self.x))
+        tweet = claim_next(now=timezone.now()) if our_replies_refresh(self.x) else None
         if tweet is not None:
             self.x.mode = mode
             reply_record(tweet, reply_send(tweet, self.x), self.x)
@@ -327,14 +340,14 @@ class PublishProtocol(RuleBasedStateMachine):
 
     @invariant()
     def at_most_one_reply_per_post(self) -> None:
-        for target in {t for t, *_ in self.x.posts.values()}:
+        for target in {t for t, *_ in self.x.posts.values() if t}:
             replies = self.x.replies_to(target)
             assert len(replies) <= 1, f"post {target} has {len(replies)} replies: {replies}"
 
     @invariant()
     def every_reply_the_bot_made_was_approved_as_it_reads(self) -> None:
         for target, text, _, by_hand in self.x.posts.values():
-            if by_hand:
+            if by_hand or not target:
                 continue
             tweet = QueuedTweet.objects.get(target_tweet_id=target)
             assert tweet.approved_at is not None, f"reply to {target} without an approval"
@@ -368,13 +381,16 @@ class PublishProtocol(RuleBasedStateMachine):
     def calm_down(self) -> None:
         """No more faults or owners: every approved reply must end settled, once."""
         self.x.mode = "ok"
+        self.x.timeline_down = False
         for _ in range(12):
             self.clock.shift(600)
             recover_stale()
             reconcile(self.x)
             dead_letter_retry_due()
             while True:
-                tweet = claim_next(now=timezone.now(), timeline_read=our_replies_refresh(self.x))
+                if not our_replies_refresh(self.x):
+                    break
+                tweet = claim_next(now=timezone.now())
                 if tweet is None:
                     break
                 reply_record(tweet, reply_send(tweet, self.x), self.x)

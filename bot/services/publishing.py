@@ -41,7 +41,7 @@ from bot.selectors import (
 )
 from bot.services.dead_letters import Stage, dead_letter_resolve, spend_attempt
 from bot.services.notices import as_configuration_error, item_succeeded, notice_service_error
-from bot.services.reconciling import our_replies_refresh
+from bot.services.reconciling import our_replies_refresh, report_unreadable_timeline
 from bot.services.transitions import UNCLAIMED, audit, posted_fields, remember_our_reply, transition
 from resilience import ServiceError
 
@@ -81,10 +81,12 @@ def publish_due(x: XClient, *, now: datetime | None = None, limit: int = 20) -> 
     if publishing_paused() or not through_api(due_replies(now)).exists():
         return dict(counts)
     # Look before you post: the owner may have answered by hand, an earlier attempt may
-    # have gone out after all. Rows that were sent before wait while we cannot look.
-    timeline_read = our_replies_refresh(x)
+    # have gone out after all. While we cannot look, nothing goes out.
+    if not our_replies_refresh(x):
+        counts["waiting_for_timeline"] = report_unreadable_timeline(now)
+        return dict(counts)
     for _ in range(limit):
-        tweet = claim_next(now=now, timeline_read=timeline_read, counts=counts)
+        tweet = claim_next(now=now, counts=counts)
         if tweet is None:
             break
         counts["claimed"] += 1
@@ -119,17 +121,15 @@ def hand_off_due(*, now: datetime | None = None) -> int:
 # --- step 1: claim -------------------------------------------------------------------------
 
 
-def claim_next(
-    *, now: datetime, timeline_read: bool = True, counts: Counter[str] | None = None
-) -> QueuedTweet | None:
+def claim_next(*, now: datetime, counts: Counter[str] | None = None) -> QueuedTweet | None:
     """Claim the next due reply for this worker, keeping every cap across all workers.
 
     Claims are serialised on the pipeline-control row (PostgreSQL row lock; SQLite's
     IMMEDIATE transactions serialise writers anyway), so the caps counted here cannot
     be passed by two workers at once. A reply that may not go yet is rescheduled; one
     that must not go at all (answered already, author opted out, post too old) is
-    settled with an audit row. ``timeline_read`` False: our timeline could not be read,
-    so replies that were sent before (and may be live) wait.
+    settled with an audit row. Call it with our replies freshly read
+    (``our_replies_refresh``): that is what "answered already" is judged on.
     """
     pacing = Pacing.from_settings()
     with transaction.atomic():
@@ -140,8 +140,6 @@ def claim_next(
         # it is granted, not by when this pass started.
         now = max(now, timezone.now())
         candidates = through_api(due_replies(now)).order_by("scheduled_at", "id")
-        if not timeline_read:
-            candidates = candidates.filter(sent_at__isnull=True)
         if connection.features.has_select_for_update_skip_locked:
             candidates = candidates.select_for_update(skip_locked=True)
         published = published_times(now)

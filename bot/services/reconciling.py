@@ -151,7 +151,7 @@ def reconcile(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
         return counts
     complete = our_replies_refresh(x)
     if not complete:
-        _report_long_wait(unknown + watched, now)
+        report_unreadable_timeline(now)
     targets = [tweet.target_tweet_id for tweet in unknown + handed_off + watched]
     found = dict(
         OurReply.objects.filter(in_reply_to_id__in=targets)
@@ -169,21 +169,25 @@ def reconcile(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
     return counts
 
 
-def _report_long_wait(waiting: list[QueuedTweet], now: datetime) -> None:
-    """Replies that may be live cannot be settled while our timeline is unreadable: after
-    an hour of that (a rate limit, a usage cap, X failing), the owner hears of it."""
-    stuck = [t for t in waiting if (t.sent_at or t.updated_at) < now - UNREADABLE_FOR]
-    if not stuck:
-        return
-    raise_alert(
-        kind="timeline_unreadable",
-        subject="x",
-        message=(
-            f"{len(stuck)} replies that may already be on X wait to be checked against your "
-            "timeline, which X has not let Reply Guy read for over an hour (see the log and "
-            "the circuit breakers page). Nothing is re-sent until it can be read."
-        ),
+def report_unreadable_timeline(now: datetime) -> int:
+    """Replies wait while our timeline cannot be read (a rate limit, a usage cap, X
+    failing): nothing is sent or settled blind. After an hour of that the owner hears
+    of it. Returns how many replies wait on it."""
+    waiting = QueuedTweet.objects.filter(
+        Q(status=Status.UNKNOWN) | Q(status=Status.APPROVED, scheduled_at__lte=now)
     )
+    stuck = waiting.filter(updated_at__lt=now - UNREADABLE_FOR).count()
+    if stuck:
+        raise_alert(
+            kind="timeline_unreadable",
+            subject="x",
+            message=(
+                f"{stuck} replies have waited over an hour because X does not let Reply Guy "
+                "read your timeline (see the log and the circuit breakers page). Nothing is "
+                "sent until it can check that you have not answered already."
+            ),
+        )
+    return waiting.count()
 
 
 def _judge(
