@@ -7,8 +7,9 @@ from collections.abc import Iterator
 import pytest
 from django.conf import settings
 
-from resilience import registry
 from resilience.retry import set_testing
+from sandbox.http import App, Server
+from tests.helpers import PUBLISH_AT_ONCE, Receiver, reset_breakers
 
 # Markers naming services a run must not skip, e.g. REPLYGUY_REQUIRE=postgres,redis in CI.
 REQUIRED = {name.strip() for name in os.environ.get("REPLYGUY_REQUIRE", "").split(",") if name}
@@ -62,9 +63,9 @@ def clock() -> FakeClock:
 
 @pytest.fixture(autouse=True)
 def _fresh_breakers() -> Iterator[None]:
-    registry.clear()
+    reset_breakers()
     yield
-    registry.clear()
+    reset_breakers()
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -85,6 +86,20 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         pytest.skip(f"needs Redis at {url}: {exc}")
     return url
+
+
+@pytest.fixture
+def server(app: App) -> Iterator[Server]:
+    """The module's stand-in (its ``app`` fixture) served on a free loopback port."""
+    with Server(app) as server:
+        yield server
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook endpoint answering 200, closed after the test."""
+    with Receiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture
@@ -113,17 +128,19 @@ def sandbox(sandbox_servers, settings):
 
 @pytest.fixture
 def pipeline(sandbox, settings):
-    """Publishing as soon as approved: no delay, no quiet hours, roomy caps."""
-    settings.MIN_DELAY_MINUTES = 0
-    settings.MAX_DELAY_MINUTES = 0
-    settings.QUIET_HOURS_START = settings.QUIET_HOURS_END = 0
-    settings.MAX_POSTS_PER_HOUR = 100
-    settings.MAX_POSTS_PER_DAY = 1000
-    settings.MIN_SPACING_MINUTES = 0
-    settings.MAX_REPLIES_PER_AUTHOR_PER_DAY = 5
-    settings.REPLY_MODE = "auto"
-    settings.PUBLISHING_PAUSED = False
+    """Publishing as soon as approved: no delay, no quiet hours, roomy caps.
+
+    The shared cache is emptied before and after: it holds state that outlives a test's
+    transaction (rate-limit holds, error streaks, our account).
+    """
+    from django.core.cache import cache
+
     from bot.models import TargetAccount
 
+    for name, value in PUBLISH_AT_ONCE.items():
+        setattr(settings, name, value)
+    settings.PUBLISHING_PAUSED = False
+    cache.clear()
     TargetAccount.objects.create(username="alice")
-    return sandbox
+    yield sandbox
+    cache.clear()

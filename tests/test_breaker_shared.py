@@ -10,6 +10,7 @@ from django.db import connections
 
 from resilience import CircuitBreaker, CircuitOpenError
 from resilience.stores import DatabaseStore, MemoryStore, RedisStore, StoreUnavailable
+from tests.helpers import until
 
 WORKERS = 8
 TRIALS = 3
@@ -73,9 +74,7 @@ def run_eight_processes(
     for proc in procs:
         proc.start()
     try:
-        deadline = time.monotonic() + 60
-        while entered.value + refused.value < WORKERS and time.monotonic() < deadline:
-            time.sleep(0.05)
+        until(lambda: entered.value + refused.value >= WORKERS, timeout=60, interval=0.05)
         seen = (entered.value, refused.value)
     finally:
         release.set()

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from bot.clients.errors import ClientError, ErrorKind, Reason
 from bot.clients.llm import CONFIGURATION_HOLD, LLMClient, clean_model_reply
 from resilience import CircuitBreaker, CircuitOpenError
-from resilience.errors import is_service_failure
-from resilience.stores import MemoryStore
 from sandbox.faults import Fault
 from sandbox.http import Response, Server, json_response
 from sandbox.openai_api import OpenAIApp
+from tests.helpers import breaker_from_settings, free_port
 
 POST = "Incremental compilation in Rust finally feels fast on big workspaces."
 PERSONA = "A curious systems engineer who likes concrete examples."
@@ -26,23 +23,9 @@ def app() -> OpenAIApp:
 
 
 @pytest.fixture
-def server(app):
-    with Server(app) as running:
-        yield running
-
-
-@pytest.fixture
 def breaker(clock) -> CircuitBreaker:
     # As settings configure ai_service, but in memory and on the test's clock.
-    return CircuitBreaker(
-        "ai_service",
-        failure_on=is_service_failure,
-        failure_threshold=3,
-        recovery_timeout=60,
-        half_open_max_calls=2,
-        store=MemoryStore(),
-        clock=clock,
-    )
+    return breaker_from_settings("ai_service", clock=clock)
 
 
 @pytest.fixture
@@ -364,11 +347,11 @@ def test_clean_model_reply_allows_links_when_told():
 
 
 def test_connection_refused_is_transient(breaker):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     client = LLMClient(
-        base_url=f"http://127.0.0.1:{port}/v1", api_key="k", model="gpt-4o-mini", breaker=breaker
+        base_url=f"http://127.0.0.1:{free_port()}/v1",
+        api_key="k",
+        model="gpt-4o-mini",
+        breaker=breaker,
     )
     assert failure(draft, client).kind is ErrorKind.TRANSIENT
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -18,10 +15,9 @@ import requests
 from bot.clients.errors import ClientError, ErrorKind
 from bot.clients.telegram import TelegramClient
 from resilience import CircuitBreaker, CircuitOpenError
-from resilience.errors import is_service_failure
-from resilience.stores import MemoryStore
 from sandbox.http import Server
 from sandbox.telegram_api import TelegramApp
+from tests.helpers import breaker_from_settings, free_port, requests_to, wait_for
 
 OWNER = TelegramApp.OWNER_ID
 BUTTONS = [("Approve", "approve:1"), ("Reject", "reject:1")]
@@ -37,16 +33,9 @@ def app(clock) -> Iterator[TelegramApp]:
 
 
 @pytest.fixture
-def server(app) -> Iterator[Server]:
-    with Server(app) as server:
-        yield server
-
-
-@pytest.fixture
 def breaker() -> CircuitBreaker:
-    return CircuitBreaker(
-        "telegram", failure_on=is_service_failure, failure_threshold=3, store=MemoryStore()
-    )
+    # As settings configure telegram, but opening after three failures.
+    return breaker_from_settings("telegram", failure_threshold=3)
 
 
 def make_client(server: Server, breaker: CircuitBreaker, **options: Any) -> TelegramClient:
@@ -57,10 +46,6 @@ def make_client(server: Server, breaker: CircuitBreaker, **options: Any) -> Tele
 @pytest.fixture
 def client(server, breaker) -> TelegramClient:
     return make_client(server, breaker)
-
-
-def sent_count(app: TelegramApp) -> int:
-    return sum(name == "sendMessage" for name, _ in app.requests)
 
 
 # --- the approval round trip ---------------------------------------------------------------
@@ -89,10 +74,9 @@ def test_long_poll_returns_as_soon_as_the_press_arrives(client, app):
     message_id = client.send_approval(text="Reply draft", buttons=BUTTONS)
     with ThreadPoolExecutor(1) as pool:
         polling = pool.submit(client.get_updates, offset=None, timeout=30)
-        deadline = time.monotonic() + 5
-        while not any(name == "getUpdates" for name, _ in app.requests):
-            assert time.monotonic() < deadline, "the poll never reached the sandbox"
-            time.sleep(0.01)
+        wait_for(
+            lambda: requests_to(app, "getUpdates") > 0, message="the poll never reached the sandbox"
+        )
         app.press_button(message_id, "reject:1")
         # Far below the poll's 30 s: only an early return meets this deadline.
         updates = polling.result(timeout=10)
@@ -197,7 +181,7 @@ def test_callback_data_over_64_bytes_is_refused_before_sending(client, app, brea
     with pytest.raises(ClientError) as caught:
         client.send_approval(text="Draft", buttons=[("Approve", "ok"), ("Go", data)])
     assert caught.value.kind is ErrorKind.PERMANENT
-    assert sent_count(app) == 0
+    assert requests_to(app, "sendMessage") == 0
     assert app.bot_messages() == []
     with pytest.raises(ClientError):
         client.edit_message(1, text="x", buttons=[("Go", data)])
@@ -219,7 +203,7 @@ def test_429_is_transient_until_retry_after_and_opens_the_breaker(client, app, b
     assert breaker.state == "open"
     with pytest.raises(CircuitOpenError):
         client.send_alert("again")
-    assert sent_count(app) == 1
+    assert requests_to(app, "sendMessage") == 1
 
 
 @pytest.mark.filterwarnings(RETRY_AFTER_TRANSITION)
@@ -269,13 +253,10 @@ def test_hang_on_edit_answer_or_poll_is_transient(server, app, breaker):
 
 
 def test_refused_connection_is_transient_even_for_a_send(breaker):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     client = TelegramClient(
         token=TelegramApp.DEFAULT_TOKEN,
         chat_id=OWNER,
-        base_url=f"http://127.0.0.1:{port}",
+        base_url=f"http://127.0.0.1:{free_port()}",
         timeout=1.0,
         breaker=breaker,
     )
@@ -338,42 +319,6 @@ def test_long_alerts_are_cut_to_fit(client, app):
 
 
 # --- webhook -------------------------------------------------------------------------------
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.calls: list[tuple[dict[str, str], dict]] = []
-        self.arrived = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.calls.append((dict(self.headers), json.loads(body)))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                receiver.arrived.set()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/telegram/webhook/"
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
 
 
 def test_webhook_gets_presses_with_the_secret_and_excludes_polling(client, app, receiver):

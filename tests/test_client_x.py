@@ -3,7 +3,6 @@ every failure reaching the caller as the right ``ClientError`` kind and reason."
 
 from __future__ import annotations
 
-import socket
 import time
 from datetime import UTC, datetime
 
@@ -15,10 +14,8 @@ from django.core.exceptions import ImproperlyConfigured
 from bot.clients.errors import ClientError, ErrorKind, Reason
 from bot.clients.x import CONFIGURATION_HOLD, Page, RateLimit, User, XClient
 from resilience import CircuitBreaker, CircuitOpenError
-from resilience.errors import is_service_failure
-from resilience.stores import MemoryStore
-from sandbox.http import Server
 from sandbox.x_api import OUR_USER_ID, SANDBOX_CREDENTIALS, XApp
+from tests.helpers import breaker_from_settings, free_port, requests_to
 
 CREDENTIALS = {
     "bearer_token": SANDBOX_CREDENTIALS["bearer_token"],
@@ -49,23 +46,9 @@ def app(clock) -> XApp:
 
 
 @pytest.fixture
-def server(app):
-    with Server(app) as running:
-        yield running
-
-
-@pytest.fixture
 def breaker(clock) -> CircuitBreaker:
     # twitter_api's settings, its own memory and the test's clock.
-    return CircuitBreaker(
-        "twitter_api",
-        failure_on=is_service_failure,
-        failure_threshold=5,
-        recovery_timeout=120,
-        half_open_max_calls=3,
-        store=MemoryStore(),
-        clock=clock,
-    )
+    return breaker_from_settings("twitter_api", clock=clock)
 
 
 def make_client(
@@ -97,18 +80,13 @@ def kind_of(call) -> ClientError:
     return caught.value
 
 
-def sent(app: XApp, endpoint: str) -> int:
-    """Requests the sandbox received for ``endpoint``."""
-    return [name for name, _ in app.requests].count(endpoint)
-
-
 # --- reads ---------------------------------------------------------------------------------
 
 
 def test_me_is_asked_once(app, x):
     assert x.me() == User(id=OUR_USER_ID, username="replyguy", name="Reply Guy")
     x.me()
-    assert [name for name, _ in app.requests].count("me") == 1
+    assert requests_to(app, "me") == 1
 
 
 def test_lookup_users_by_lower_case_username(app, x):
@@ -348,10 +326,7 @@ def test_delete_post(app, x):
 
 @pytest.fixture
 def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @pytest.mark.parametrize("where", ["closed-port", "unknown-host"])
@@ -579,11 +554,11 @@ def test_429_holds_the_endpoint_until_the_reset_and_not_the_breaker(app, x, brea
     )
     held_until = datetime.fromtimestamp(error.retry_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     assert f"held until {held_until}" in str(held)
-    assert sent(app, "user_tweets") == 1  # the held call never went out
+    assert requests_to(app, "user_tweets") == 1  # the held call never went out
 
     clock.advance(1)
     assert x.user_posts(OUR_USER_ID) == Page([], None, None)
-    assert sent(app, "user_tweets") == 2
+    assert requests_to(app, "user_tweets") == 2
 
 
 def test_a_429_on_search_leaves_the_breaker_closed_and_publishing_going(app, x, breaker):
@@ -594,7 +569,7 @@ def test_a_429_on_search_leaves_the_breaker_closed_and_publishing_going(app, x, 
 
     assert x.create_reply(in_reply_to=target, text="hello")
     assert kind_of(lambda: x.search_recent("hi")).reason == Reason.RATE_LIMITED
-    assert sent(app, "search_recent") == 1
+    assert requests_to(app, "search_recent") == 1
     assert breaker.state == "closed"
 
 
@@ -604,7 +579,7 @@ def test_a_hold_is_seen_by_every_client_sharing_the_cache(app, server, breaker, 
     second = make_client(server.url, breaker, clock=clock)  # another worker, say
     kind_of(lambda: first.mentions(OUR_USER_ID))
     assert kind_of(lambda: second.mentions(OUR_USER_ID)).reason == Reason.RATE_LIMITED
-    assert sent(app, "user_mentions") == 1
+    assert requests_to(app, "user_mentions") == 1
 
 
 def test_holds_are_per_token_as_xs_windows_are(app, x):
@@ -613,7 +588,7 @@ def test_holds_are_per_token_as_xs_windows_are(app, x):
     assert kind_of(x.our_posts).reason == Reason.RATE_LIMITED
     assert x.user_posts(alice) == Page([], None, None)  # the bearer token's window is not
     assert kind_of(x.our_posts).reason == Reason.RATE_LIMITED
-    assert sent(app, "user_tweets") == 2
+    assert requests_to(app, "user_tweets") == 2
 
 
 def test_a_429_without_a_reset_waits_fifteen_minutes(app, x, clock):
@@ -624,7 +599,7 @@ def test_a_429_without_a_reset_waits_fifteen_minutes(app, x, clock):
     kind_of(lambda: x.search_recent("hi"))
     clock.advance(1)
     assert x.search_recent("hi") == Page([], None, None)
-    assert sent(app, "search_recent") == 2
+    assert requests_to(app, "search_recent") == 2
 
 
 def test_usage_cap_waits_for_next_month(app, x, clock):
@@ -638,7 +613,7 @@ def test_usage_cap_waits_for_next_month(app, x, clock):
     now = datetime.fromtimestamp(clock.now, UTC)
     assert datetime.fromtimestamp(error.retry_at, UTC) == _next_month(now)
     kind_of(lambda: x.search_recent("hi"))
-    assert sent(app, "search_recent") == 1
+    assert requests_to(app, "search_recent") == 1
 
 
 def _next_month(now: datetime) -> datetime:

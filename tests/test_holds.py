@@ -4,7 +4,6 @@ and a failing cache costing nothing but a log line."""
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from datetime import UTC, datetime
 
@@ -13,6 +12,7 @@ from django.core.cache import cache
 from django.db import connection
 
 from resilience.holds import EXPIRY_MARGIN, held_until, hold
+from tests.helpers import free_port
 
 NOW = 1_800_000_000.0
 KEY = "replyguy:test:hold:search"
@@ -72,13 +72,10 @@ def test_something_else_under_the_key_is_not_a_hold():
 @pytest.fixture
 def broken_cache(settings):
     """A Redis cache on a port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{port}/0",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }
     }

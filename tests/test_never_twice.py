@@ -11,7 +11,6 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
@@ -33,19 +32,12 @@ from bot.tasks import configured_x
 from resilience import get_breaker
 from resilience.models import AlertEvent
 from sandbox.x_api import OUR_USERNAME
-from tests.pipeline import approved, discovered, run_pipeline, summon
+from tests.helpers import approved, discovered, run_pipeline, summon
 from tests.test_settings import PRODUCTION, manage
 
 pytestmark = pytest.mark.django_db
 
 LEASE_PASSED = 7  # minutes: a claim's lease (5) and X's timeline lag (1) are over
-
-
-@pytest.fixture(autouse=True)
-def _no_holds_or_streaks_from_other_tests():
-    cache.clear()
-    yield
-    cache.clear()
 
 
 def later(minutes: float) -> time_machine.travel:

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from datetime import timedelta
 
 import pytest
@@ -20,8 +19,17 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from bot.models import Cursor, QueuedTweet, Status
-from tests.pipeline import approved, discovered, run_pipeline, summon
-from tests.test_pipeline_workers import ROOT, worker_env
+from tests.helpers import (
+    ROOT,
+    approved,
+    discovered,
+    environ_without,
+    free_port,
+    run_pipeline,
+    summon,
+    until,
+    worker_env,
+)
 
 
 @pytest.mark.django_db
@@ -112,21 +120,15 @@ def test_recover_stale_refuses_a_bad_timeout():
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**worker_env_minimal(), "DEBUG": "true"},
+        env={**environ_without("PYTEST", "DATABASE"), "DEBUG": "true"},
         timeout=60,
     )
     assert result.returncode == 2
     assert "--timeout-minutes must be at least 1" in result.stderr
 
 
-def worker_env_minimal() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DATABASE"))}
-
-
 def test_sandbox_command_prints_its_ports_and_serves_the_control_api(tmp_path):
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -141,7 +143,11 @@ def test_sandbox_command_prints_its_ports_and_serves_the_control_api(tmp_path):
             str(ports[2]),
         ],
         cwd=ROOT,
-        env={**worker_env_minimal(), "DEBUG": "true", "REPLYGUY_VAR_DIR": str(tmp_path)},
+        env={
+            **environ_without("PYTEST", "DATABASE"),
+            "DEBUG": "true",
+            "REPLYGUY_VAR_DIR": str(tmp_path),
+        },
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -162,14 +168,6 @@ def test_sandbox_command_prints_its_ports_and_serves_the_control_api(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -196,9 +194,7 @@ def test_a_real_cluster_runs_the_publish_task(pipeline, broker, request):
             [sys.executable, "manage.py", "shell", "-c", enqueue],
             cwd=ROOT, env=env, check=True, capture_output=True, timeout=60,
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while discovered(post_id).status != Status.POSTED and time.monotonic() < deadline:
-            time.sleep(0.2)
+        until(lambda: discovered(post_id).status == Status.POSTED, timeout=60, interval=0.2)
     finally:
         cluster.send_signal(signal.SIGTERM)
         _, errors = cluster.communicate(timeout=30)

@@ -3,7 +3,7 @@ schedule, publish exactly once, and every failure kind at every stage."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
@@ -26,12 +26,14 @@ from bot.services.review import reply_approve, reply_reject
 from bot.tasks import configured_llm, configured_x
 from resilience import get_breaker
 from resilience.models import AlertEvent
-from tests.pipeline import approved, discovered, run_pipeline, shown_version, summon
+from tests.helpers import approved, discovered, requests_to, run_pipeline, shown_version, summon
 
 pytestmark = pytest.mark.django_db
 
 # Minutes after a claim when its lease (5 min) and X's timeline lag (1 min) have passed.
 LEASE_PASSED = 7
+# Twenty minutes before a month ends (UTC).
+MONTH_END = datetime(2026, 1, 31, 23, 40, tzinfo=UTC)
 
 
 def test_end_to_end_published_exactly_once_as_a_reply_to_the_right_post(pipeline, admin_client):
@@ -410,7 +412,7 @@ def test_a_target_that_does_not_exist_is_switched_off_and_reported(pipeline):
 def test_our_account_is_asked_for_once_not_every_pass(pipeline):
     for _ in range(3):
         run_pipeline()
-    assert [name for name, _ in pipeline.x.requests].count("me") == 1
+    assert requests_to(pipeline.x, "me") == 1
 
 
 def test_a_post_being_drafted_by_one_worker_is_not_drafted_by_another(pipeline):
@@ -448,6 +450,9 @@ def test_quoting_our_reply_summons_us(pipeline):
         ({"status": 500}, timedelta(minutes=1)),
     ],
 )
+# The usage cap lifts when the month ends: at a fixed instant near its end, not whenever
+# the suite happens to run, so the expected wait is always the same 20 minutes.
+@time_machine.travel(MONTH_END, tick=True)
 def test_service_level_refusals_at_publish_make_the_reply_wait_with_its_attempts(
     pipeline, fault, waits_at_least
 ):

@@ -5,49 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from datetime import timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+from django.conf import settings
 from django.core.management import call_command
-from django.db import connection
 from django.utils import timezone
 
 from bot.models import QueuedTweet, Status
-from tests.pipeline import approved, discovered, run_pipeline, summon
+from tests.helpers import ROOT, approved, discovered, run_pipeline, summon, until, worker_env
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def worker_env(sandbox, **pacing: str) -> dict[str, str]:
-    """A worker process's environment: this test's database, the stand-ins, fast pacing."""
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        url = f"sqlite:///{db['NAME']}"
-    else:
-        url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update({name: str(value) for name, value in sandbox.env().items()})
-    env.update(
-        DATABASE_URL=url,
-        DEBUG="true",
-        REDIS_URL="",
-        MIN_DELAY_MINUTES="0",
-        MAX_DELAY_MINUTES="0",
-        QUIET_HOURS_START="0",
-        QUIET_HOURS_END="0",
-        MAX_POSTS_PER_HOUR="100",
-        MAX_POSTS_PER_DAY="1000",
-        MIN_SPACING_MINUTES="0",
-        MAX_REPLIES_PER_AUTHOR_PER_DAY="5",
-        REPLY_MODE="auto",
-        LOG_LEVEL="ERROR",
-    )
-    env.update(pacing)
-    return env
 
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen:
@@ -68,9 +38,7 @@ def test_worker_killed_mid_publish_leaves_exactly_one_reply(pipeline):
     # X creates the reply, then keeps the worker waiting for the answer: we kill it then.
     pipeline.x.faults.add("create_tweet", "delay_after", latency=60, times=1)
     worker = start_worker(worker_env(pipeline))
-    deadline = time.monotonic() + 60
-    while not pipeline.x.replies_to(post_id) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    until(lambda: pipeline.x.replies_to(post_id), timeout=60, interval=0.05)
     worker.kill()  # SIGKILL: no cleanup, no except, no finally
     worker.wait(10)
     assert len(pipeline.x.replies_to(post_id)) == 1
@@ -91,12 +59,26 @@ def test_worker_killed_mid_publish_leaves_exactly_one_reply(pipeline):
     assert len(pipeline.x.replies_to(post_id)) == 1
 
 
+def quiet_now() -> dict[str, str]:
+    """Quiet hours from this hour to two hours on, in the owner's time zone.
+
+    Workers started now are inside them for an hour at least, so the test means the same
+    at 02:00, 12:00 and 23:30 (fixed hours would not: 00:00-23:00 is over at 23:00).
+    """
+    hour = datetime.now(ZoneInfo(settings.TIME_ZONE)).hour
+    return {
+        "TIME_ZONE": settings.TIME_ZONE,
+        "QUIET_HOURS_START": str(hour),
+        "QUIET_HOURS_END": str((hour + 2) % 24),
+    }
+
+
 @pytest.mark.parametrize(
     ("pacing", "expected_posted"),
     [
         ({"MAX_POSTS_PER_HOUR": "3"}, 3),
         ({"MAX_POSTS_PER_DAY": "2"}, 2),
-        ({"QUIET_HOURS_START": "0", "QUIET_HOURS_END": "23"}, None),  # quiet now, unless 23h
+        (None, 0),  # quiet_now(): quiet hours, whatever the hour the test runs at
     ],
 )
 def test_two_workers_racing_publish_each_reply_once_and_keep_the_caps(
@@ -108,7 +90,7 @@ def test_two_workers_racing_publish_each_reply_once_and_keep_the_caps(
     for post_id in posts:
         approved(post_id)
 
-    env = worker_env(pipeline, **pacing)
+    env = worker_env(pipeline, **(pacing or quiet_now()))
     workers = [start_worker(env) for _ in range(2)]
     outputs = [worker.communicate(timeout=120) for worker in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
@@ -118,8 +100,6 @@ def test_two_workers_racing_publish_each_reply_once_and_keep_the_caps(
     replies = {post_id: len(pipeline.x.replies_to(post_id)) for post_id in posts}
     assert set(replies.values()) <= {0, 1}, "a post was answered twice"
     assert sum(replies.values()) == len(posted)
-    if expected_posted is None:  # quiet hours 00:00-23:00 in UTC
-        expected_posted = 0 if timezone.now().hour < 23 else len(posts)
     assert len(posted) == expected_posted
     waiting = [row for row in rows if row.status == Status.APPROVED]
     assert len(waiting) == len(posts) - expected_posted, [(r.status, r.last_error) for r in rows]

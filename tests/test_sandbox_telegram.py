@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ import requests
 
 from sandbox.http import Server
 from sandbox.telegram_api import NOT_MODIFIED, QUERY_TOO_OLD, WEBHOOK_CONFLICT, TelegramApp
+from tests.helpers import Receiver, requests_to, wait_for
 
 OWNER = TelegramApp.OWNER_ID
 KEYBOARD = {"inline_keyboard": [[{"text": "Approve", "callback_data": "approve:1"}]]}
@@ -347,7 +347,7 @@ def test_long_poll_returns_when_an_update_arrives(api, app):
 
     poller = threading.Thread(target=poll)
     poller.start()
-    _wait_for(lambda: any(name == "getUpdates" for name, _ in app.requests))
+    wait_for(lambda: requests_to(app, "getUpdates") > 0)
     app.press_button(message["message_id"], "approve:1")
     poller.join(10)
     assert not poller.is_alive()
@@ -362,7 +362,7 @@ def test_a_second_poll_terminates_the_first(api, app):
     answers: list[requests.Response] = []
     first = threading.Thread(target=lambda: answers.append(api("getUpdates", timeout=5)))
     first.start()
-    _wait_for(lambda: sum(name == "getUpdates" for name, _ in app.requests) == 1)
+    wait_for(lambda: requests_to(app, "getUpdates") == 1)
     assert ok(api("getUpdates", timeout=0)) == []
     first.join(10)
     assert error(answers[0]) == (
@@ -373,45 +373,6 @@ def test_a_second_poll_terminates_the_first(api, app):
 
 
 # --- webhook -------------------------------------------------------------------------------
-
-
-class Receiver:
-    """A tiny webhook endpoint recording what Telegram POSTs to it."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.status = status
-        self.calls: list[tuple[dict[str, str], dict]] = []
-        self.arrived = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.calls.append((dict(self.headers), json.loads(body)))
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                receiver.arrived.set()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/telegram/webhook/"
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
 
 
 def test_webhook_delivers_updates_with_the_secret(api, app, receiver):
@@ -427,7 +388,7 @@ def test_webhook_delivers_updates_with_the_secret(api, app, receiver):
     assert headers["X-Telegram-Bot-Api-Secret-Token"] == "s3cret-Token_1"
     assert headers["Content-Type"] == "application/json"
     assert update["callback_query"]["id"] == query_id
-    _wait_for(lambda: ok(api("getWebhookInfo"))["pending_update_count"] == 0)
+    wait_for(lambda: ok(api("getWebhookInfo"))["pending_update_count"] == 0)
     assert [d["status"] for d in app.delivered] == [200]
 
 
@@ -444,12 +405,11 @@ def test_get_updates_conflicts_with_a_webhook(api, receiver):
 
 
 def test_failed_deliveries_are_retried_then_given_up(api, app):
-    receiver = Receiver(status=500)
-    try:
+    with Receiver(status=500) as receiver:
         app.webhook_max_attempts = 3
         ok(api("setWebhook", url=receiver.url))
         app.send_user_message("hello")
-        _wait_for(lambda: len(app.delivered) == 3)
+        wait_for(lambda: len(app.delivered) == 3)
         info = ok(api("getWebhookInfo"))
         assert (
             info["last_error_message"]
@@ -458,8 +418,6 @@ def test_failed_deliveries_are_retried_then_given_up(api, app):
         assert info["pending_update_count"] == 0
         assert [d["status"] for d in app.delivered] == [500, 500, 500]
         assert len(receiver.calls) == 3
-    finally:
-        receiver.close()
 
 
 def test_refused_webhook_keeps_the_update_pending_while_retrying(api, app):
@@ -467,7 +425,7 @@ def test_refused_webhook_keeps_the_update_pending_while_retrying(api, app):
     app.webhook_retry_delay = 0.01
     ok(api("setWebhook", url="http://127.0.0.1:9/hook"))
     app.send_user_message("hello")
-    _wait_for(lambda: len(app.delivered) >= 2)
+    wait_for(lambda: len(app.delivered) >= 2)
     info = ok(api("getWebhookInfo"))
     assert info["pending_update_count"] == 1
     assert info["last_error_message"] == "Connection refused"
@@ -501,13 +459,3 @@ def test_state_and_reset_over_http(api, app):
     requests.post(f"{api.url}/_sandbox/reset", timeout=5)
     assert app.bot_messages() == []
     assert ok(api("getUpdates")) == []
-
-
-def _wait_for(condition: Any, timeout: float = 5.0) -> None:
-    """Wait for background work (a poll, a delivery) without asserting how long it took."""
-    done = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        done.wait(0.01)
-    raise AssertionError("condition not met in time")

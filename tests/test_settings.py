@@ -7,15 +7,15 @@ import re
 import secrets
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, environ_without
 
 
 def manage(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO", "PYTEST"))}
+    """``manage.py`` in a new process: this environment less the test run's, plus ``env``."""
+    base = environ_without("DJANGO", "PYTEST")
     for name in (
         "SECRET_KEY",
         "DEBUG",
