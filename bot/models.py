@@ -85,6 +85,9 @@ class Cursor(models.Model):
     since_id = models.CharField(max_length=32, blank=True)
     until_id = models.CharField(max_length=32, blank=True)
     top_id = models.CharField(max_length=32, blank=True)
+    # X thins a page after cutting it (``exclude``): a page can come back empty with a
+    # token for the rest. Kept so a read cut short after one resumes from it.
+    page_token = models.CharField(max_length=200, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

@@ -821,14 +821,16 @@ class XApp(App):
             if isinstance(user, Response):
                 return user
             exclude = _csv(request, "exclude", {"retweets", "replies"})
-            posts = [
-                p
-                for p in self.posts.values()
-                if p.author_id == user.id
-                and not ("retweets" in exclude and p.retweet_of)
-                and not ("replies" in exclude and p.reply_to)
-            ]
-            return self._timeline(request, posts, "user_tweets", min_results=5)
+            posts = [p for p in self.posts.values() if p.author_id == user.id]
+
+            def excluded(p: XPost) -> bool:
+                return ("retweets" in exclude and bool(p.retweet_of)) or (
+                    "replies" in exclude and bool(p.reply_to)
+                )
+
+            # As X does, ``exclude`` thins a page after it is cut: a page of retweets
+            # comes back empty, with a ``next_token`` when older posts remain.
+            return self._timeline(request, posts, "user_tweets", min_results=5, drop=excluded)
 
         @self._endpoint("GET", "/2/users/{user_id}/mentions", "user_mentions")
         def user_mentions(request: Request, caller: _Caller, user_id: str) -> Response:
@@ -920,6 +922,7 @@ class XApp(App):
         *,
         min_results: int,
         cursor: str = "pagination_token",
+        drop: Callable[[XPost], bool] | None = None,
     ) -> Response:
         tweet_fields, user_fields, expansions = _check_fields(request, tweet=True)
         max_results = _int_arg(request, "max_results", 10, min_results, 100)
@@ -942,17 +945,18 @@ class XApp(App):
             and (start_time is None or p.created_at >= start_time)
             and (end_time is None or p.created_at < end_time)
         ]
-        page, rest = chosen[:max_results], chosen[max_results:]
+        cut, rest = chosen[:max_results], chosen[max_results:]
+        page = [p for p in cut if not (drop and drop(p))]
         self._count_returned(route, len(page))
+        token = {"next_token": _encode_token(cut[-1].id)} if rest else {}
         if not page:
-            return json_response({"meta": {"result_count": 0}}, content_type=JSON)
+            return json_response({"meta": {"result_count": 0, **token}}, content_type=JSON)
         meta: dict[str, Any] = {
             "newest_id": page[0].id,
             "oldest_id": page[-1].id,
             "result_count": len(page),
+            **token,
         }
-        if rest:
-            meta["next_token"] = _encode_token(page[-1].id)
         body: dict[str, Any] = {"data": [self._render_post(p, tweet_fields) for p in page]}
         includes = self._includes(page, tweet_fields, user_fields, expansions)
         if includes:

@@ -917,3 +917,115 @@ def test_while_our_timeline_cannot_be_read_nothing_is_sent_and_the_owner_is_told
         run_pipeline()
     tweet = discovered(post_id)
     assert (tweet.status, tweet.reply_tweet_id) == (Status.POSTED, by_hand)
+
+
+def test_a_reply_behind_a_page_of_retweets_is_found_not_sent_twice(pipeline):
+    """X thins a page after cutting it: 100 retweets of ours come back as an empty page
+    with a token. Only the token's absence ends a read."""
+    post_id = summon(pipeline)
+    run_pipeline()
+    approved(post_id)
+    pipeline.x.faults.add("create_tweet", "cut_after", times=1)
+    run_pipeline()
+    first = pipeline.x.replies_to(post_id)
+    assert len(first) == 1
+    someone = pipeline.x.publish("bob", "worth sharing")
+    for _ in range(150):
+        pipeline.x.publish(OUR_USERNAME, "", retweet_of=someone)
+    with later(LEASE_PASSED):
+        run_pipeline()
+    tweet = discovered(post_id)
+    assert (tweet.status, tweet.reply_tweet_id) == (Status.POSTED, first[0].id)
+    with later(LEASE_PASSED + 10):
+        run_pipeline()
+    assert len(pipeline.x.replies_to(post_id)) == 1
+
+
+def test_a_finished_gap_still_reads_what_came_above_it(db):
+    """The cursor unit: a read cut short, then newer posts, then the gap filled."""
+    from bot.clients.x import Page
+    from bot.services.cursors import read_to_cursor
+    from tests.test_publish_protocol import ModelX
+
+    x = ModelX()
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        old = [x._add(str(n), f"old {n}") for n in range(5)]
+        clock.shift(60)
+        seen: list[str] = []
+        calls = {"n": 0}
+
+        def fetch(since, until, token) -> Page:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise ClientError("cut", kind=ErrorKind.TRANSIENT, service="x")
+            return x.our_posts(since_id=since, until_id=until, pagination_token=token)
+
+        def keep(posts):
+            seen.extend(p.id for p in posts)
+
+        with pytest.raises(ClientError):
+            read_to_cursor("unit", fetch, keep)
+        newer = [x._add(str(n), f"new {n}") for n in range(3)]
+        clock.shift(60)
+        # One read fills the gap, then goes on above the old top for the newer posts.
+        assert read_to_cursor("unit", fetch, keep)
+        assert sorted(seen) == sorted(old + newer), "every post read, none twice"
+        assert read_to_cursor("unit", fetch, keep)
+    assert sorted(seen) == sorted(old + newer)
+
+
+def test_the_same_alert_is_recorded_once_an_hour(db):
+    from resilience.alerts import raise_alert
+
+    for _ in range(3):
+        raise_alert(kind="configuration_refused", subject="x", message="read-only app")
+    raise_alert(kind="configuration_refused", subject="llm", message="wrong model")
+    assert AlertEvent.objects.count() == 2
+    with later(61):
+        raise_alert(kind="configuration_refused", subject="x", message="still read-only")
+    assert AlertEvent.objects.filter(subject="x").count() == 2
+
+
+def test_a_drafting_worker_that_outlived_its_lease_does_not_overwrite_its_successor(pipeline):
+    from bot.services.discovery import discover_all
+    from bot.services.drafting import _claim, reply_draft
+    from bot.tasks import configured_llm
+
+    summon(pipeline)
+    discover_all(configured_x("test"))
+    llm = configured_llm("test")
+    stalled = QueuedTweet.objects.get(status=Status.NEW)
+    assert _claim(stalled, llm)
+    with later(30):  # its lease ran out; another worker took the post over
+        successor = QueuedTweet.objects.get(id=stalled.id)
+        assert _claim(successor, llm)
+        assert reply_draft(stalled, llm) == "drafted"  # the model answered it, late
+        row = QueuedTweet.objects.get(id=stalled.id)
+        assert (row.status, row.draft, row.lease_until) == (
+            Status.NEW,
+            "",
+            successor.lease_until,
+        )
+        reply_draft(successor, llm)
+    assert discovered(stalled.target_tweet_id).status == Status.PENDING
+    assert discovered(stalled.target_tweet_id).draft_version == 1
+
+
+def test_the_room_kept_for_our_timeline_holds_across_discover_passes(pipeline, settings):
+    from bot.models import TargetAccount
+    from bot.services.discovery import OUR_TIMELINE_RESERVE
+    from bot.tasks import discover
+
+    settings.X_BEARER_TOKEN = ""
+    for name in ("bob", "carol", "dave"):
+        pipeline.x.add_user(name)
+        TargetAccount.objects.create(username=name)
+    pipeline.x.add_user("alice")
+    pipeline.x.set_limit("user_tweets", OUR_TIMELINE_RESERVE + 2)
+    for minutes in range(0, 14, 2):  # discover's schedule, within one 15-minute window
+        with later(minutes):
+            discover()
+    with later(14):
+        x = configured_x("test")
+        x.our_posts()
+        assert x.rate_limits["user_tweets"].remaining >= OUR_TIMELINE_RESERVE - 1

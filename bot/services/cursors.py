@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 # newest 3,200 posts of a timeline, so 50 pages always reach its end).
 MAX_PAGES = 50
 
-Fetch = Callable[[str | None, str | None], "Page"]  # (since_id, until_id) -> one page
+# (since_id, until_id, pagination token) -> one page
+Fetch = Callable[[str | None, str | None, str | None], "Page"]
 
 
 def read_to_cursor(
@@ -58,21 +59,27 @@ def _read_page(
     """Read the newest unread page; True when nothing newer than the cursor is left.
 
     Unread are the posts above ``since_id`` and, while a read is under way, below
-    ``until_id``; ``top_id`` is the newest post that read has seen.
+    ``until_id`` (or behind ``page_token``, after a page X sent back empty);
+    ``top_id`` is the newest post that read has seen.
     """
-    gap = bool(cursor.until_id)
-    page = fetch(cursor.since_id or None, cursor.until_id or None)
-    done = not page.next_token or not page.posts
+    gap = bool(cursor.until_id or cursor.page_token)
+    page = fetch(cursor.since_id or None, cursor.until_id or None, cursor.page_token or None)
+    # Only the absence of a token ends a read: X thins pages after cutting them, so an
+    # empty page may still have older posts behind it.
+    done = not page.next_token
+    cursor.page_token = ""
     if page.posts:
         done = done or enough(page, cursor)
         ids = [int(post.id) for post in page.posts]
         cursor.top_id = cursor.top_id or str(max(ids))
         cursor.until_id = str(min(ids))
+    elif not done:
+        cursor.page_token = page.next_token or ""
     if done:
         cursor.since_id = cursor.top_id or cursor.since_id
         cursor.until_id = cursor.top_id = ""
     with transaction.atomic():
         keep(page.posts)
-        cursor.save(update_fields=["since_id", "until_id", "top_id", "updated_at"])
+        cursor.save(update_fields=["since_id", "until_id", "top_id", "page_token", "updated_at"])
     # A finished gap leaves the posts above the old top still to read.
     return done and not gap

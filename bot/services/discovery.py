@@ -11,11 +11,13 @@ fetched and judged twice.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
@@ -45,13 +47,14 @@ log = logging.getLogger(__name__)
 # publishing needs before it re-sends anything: target reads without a bearer token
 # share that window, and stop when only this much is left.
 OUR_TIMELINE_RESERVE = 10
+WINDOW_KEY = "replyguy:x:window:user_tweets"
 
 
 @dataclass(frozen=True)
 class Feed:
     key: str  # the cursor's name
     source: Source
-    fetch: Fetch  # (since_id, until_id) -> one page
+    fetch: Fetch  # (since_id, until_id, token) -> one page
     target_id: int | None = None
 
 
@@ -92,10 +95,20 @@ def discover_all(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
 
 
 def _timeline_window_low(x: XClient) -> bool:
+    """Whether target reads must leave the rest of the user timeline window to ours.
+
+    Each pass builds a new client, so the remaining count X last reported is kept in
+    the shared cache between passes (and between workers) until the window resets.
+    """
     if x.reads_as_app:
         return False
     window = x.rate_limits.get("user_tweets")
-    return window is not None and window.remaining <= OUR_TIMELINE_RESERVE
+    if window is not None:
+        remaining = window.remaining
+        cache.set(WINDOW_KEY, remaining, max(1, int(window.reset_at - time.time())))
+    else:
+        remaining = cache.get(WINDOW_KEY)
+    return remaining is not None and remaining <= OUR_TIMELINE_RESERVE
 
 
 def _feeds(x: XClient, my_id: str) -> list[Feed]:
@@ -104,8 +117,8 @@ def _feeds(x: XClient, my_id: str) -> list[Feed]:
         Feed(
             f"target:{target.x_user_id}",
             Source.TARGET,
-            lambda since, until, uid=target.x_user_id: x.user_posts(
-                uid, since_id=since, until_id=until
+            lambda since, until, token, uid=target.x_user_id: x.user_posts(
+                uid, since_id=since, until_id=until, pagination_token=token
             ),
             target_id=target.id,
         )
@@ -115,14 +128,18 @@ def _feeds(x: XClient, my_id: str) -> list[Feed]:
         Feed(
             "mentions",
             Source.MENTION,
-            lambda since, until: x.mentions(my_id, since_id=since, until_id=until),
+            lambda since, until, token: x.mentions(
+                my_id, since_id=since, until_id=until, pagination_token=token
+            ),
         )
     )
     feeds += [
         Feed(
             f"search:{query.id}",
             Source.SEARCH,
-            lambda since, until, q=query.query: x.search_recent(q, since_id=since, until_id=until),
+            lambda since, until, token, q=query.query: x.search_recent(
+                q, since_id=since, until_id=until, next_token=token
+            ),
         )
         for query in SearchQuery.objects.filter(enabled=True)
     ]

@@ -56,7 +56,9 @@ def draft_new(llm: LLMClient, *, now: datetime | None = None, limit: int = 20) -
         counts[outcome] += 1
         if outcome in (Outcome.WAITING, Outcome.RETRY):
             # Free it for the next pass at once, whoever runs it.
-            QueuedTweet.objects.filter(id=tweet.id, status=Status.NEW).update(lease_until=None)
+            QueuedTweet.objects.filter(
+                id=tweet.id, status=Status.NEW, lease_until=tweet.lease_until
+            ).update(lease_until=None)
         if outcome == Outcome.WAITING:
             break  # the model is unavailable: the rest wait too, nothing fails
     return counts

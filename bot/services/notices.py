@@ -25,7 +25,8 @@ def notice_service_error(exc: ServiceError) -> None:
     name = SERVICE_NAMES.get(exc.service, exc.service)
     raise_alert(
         kind="configuration_refused",
-        subject=exc.service,
+        # A different refusal of the same service is a new alert, not a repeat.
+        subject=f"{exc.service} {error_signature(exc.status, str(exc.args[0]))}",
         message=f"{name} refuses Reply Guy's configuration; nothing is lost, items wait: {exc}",
     )
 

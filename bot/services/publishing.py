@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Exists
 from django.utils import timezone
 
 from bot.clients.errors import ClientError, ErrorKind, Reason
@@ -256,23 +257,25 @@ def reply_send(tweet: QueuedTweet, x: XClient) -> Answer:
     call) may come after the bytes went out, so it is taken as ambiguous.
     """
     now = timezone.now()
-    if publishing_paused():
-        # Paused after the claim: the reply goes back, untouched, for after the pause.
-        transition(
-            tweet.id,
-            expected=Status.PUBLISHING,
-            to=Status.APPROVED,
-            claim=tweet.publish_request_id,
-            **UNCLAIMED,
-        )
-        return Answer()
-    began = QueuedTweet.objects.filter(
+    # One statement checks the claim and the pause switch and records the send, so a
+    # pause set a moment ago holds this reply too.
+    began = not settings.PUBLISHING_PAUSED and QueuedTweet.objects.filter(
+        ~Exists(PipelineControl.objects.filter(pk=1, publishing_paused=True)),
         id=tweet.id,
         status=Status.PUBLISHING,
         publish_request_id=tweet.publish_request_id,
         lease_until__gt=now,
     ).update(sent_at=now, updated_at=now)
     if not began:
+        if publishing_paused():
+            # Paused after the claim: the reply goes back, untouched, for after the pause.
+            transition(
+                tweet.id,
+                expected=Status.PUBLISHING,
+                to=Status.APPROVED,
+                claim=tweet.publish_request_id,
+                **UNCLAIMED,
+            )
         return Answer()
     try:
         return Answer(reply_id=x.create_reply(in_reply_to=tweet.target_tweet_id, text=tweet.draft))

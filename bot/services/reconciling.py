@@ -78,7 +78,9 @@ def our_replies_refresh(x: XClient) -> bool:
     try:
         return read_to_cursor(
             OUR_REPLIES,
-            lambda since, until: x.our_posts(since_id=since, until_id=until),
+            lambda since, until, token: x.our_posts(
+                since_id=since, until_id=until, pagination_token=token
+            ),
             keep,
             enough=enough,
         )
