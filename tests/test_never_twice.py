@@ -1029,3 +1029,24 @@ def test_the_room_kept_for_our_timeline_holds_across_discover_passes(pipeline, s
         x = configured_x("test")
         x.our_posts()
         assert x.rate_limits["user_tweets"].remaining >= OUR_TIMELINE_RESERVE - 1
+
+
+def test_a_read_of_nothing_but_thinned_pages_ends(db):
+    """Newer posts that are all retweets: empty pages with tokens, then the end."""
+    from bot.services.cursors import read_to_cursor
+    from tests.test_publish_protocol import ModelX
+
+    x = ModelX()
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        first = x._add("", "a post")
+        clock.shift(60)
+
+        def fetch(since, until, token):
+            return x.our_posts(since_id=since, until_id=until, pagination_token=token)
+
+        assert read_to_cursor("thin", fetch, lambda posts: None)
+        for _ in range(7):
+            x.retweets.add(x._add("", "a retweet"))
+        clock.shift(60)
+        assert read_to_cursor("thin", fetch, lambda posts: None), "the read ends"
+    assert Cursor.objects.get(source="thin").since_id == first

@@ -74,6 +74,7 @@ class ModelX:
         self.ids = itertools.count(1000)
         self.mode = "ok"
         self.timeline_down = False
+        self.retweets: set[str] = set()  # our retweets: on the timeline, never returned
 
     def now(self) -> float:
         return timezone.now().timestamp()
@@ -105,14 +106,16 @@ class ModelX:
                 if at <= self.now() - LAG
                 and (since_id is None or int(pid) > int(since_id))
                 and (until_id is None or int(pid) < int(until_id))
+                and (pagination_token is None or int(pid) < int(pagination_token))
             ),
             reverse=True,
         )
-        page = [self._post(str(pid)) for pid in visible[:PAGE]]
-        more = len(visible) > PAGE
-        return Page(
-            posts=page, newest_id=page[0].id if page else None, next_token="more" if more else None
-        )
+        cut = visible[:PAGE]
+        # As X does, retweets are dropped after the page is cut: a page may come back
+        # empty with a token for the rest.
+        page = [self._post(str(pid)) for pid in cut if str(pid) not in self.retweets]
+        token = str(cut[-1]) if len(visible) > PAGE else None
+        return Page(posts=page, newest_id=page[0].id if page else None, next_token=token)
 
     def _post(self, post_id: str) -> Post:
         target, text, at, _ = self.posts[post_id]
@@ -275,11 +278,14 @@ class PublishProtocol(RuleBasedStateMachine):
         self.x._add(tweet.target_tweet_id, f"by hand {next(self.texts)}", by_hand=True)
         self.clock.shift(LAG + 1)
 
-    @rule(posts=st.integers(1, 5))
-    def owner_posts_on_their_own(self, posts: int) -> None:
-        """An active owner: posts of ours that answer nothing push older ones down a page."""
+    @rule(posts=st.integers(1, 5), retweets=st.booleans())
+    def owner_posts_on_their_own(self, posts: int, retweets: bool) -> None:
+        """An active owner: posts (or retweets) of ours that answer nothing push older
+        ones down a page."""
         for _ in range(posts):
-            self.x._add("", f"a thought {next(self.texts)}", by_hand=True)
+            post_id = self.x._add("", f"a thought {next(self.texts)}", by_hand=True)
+            if retweets:
+                self.x.retweets.add(post_id)
 
     @rule(down=st.booleans())
     def our_timeline_fails(self, down: bool) -> None:

@@ -62,7 +62,9 @@ def _read_page(
     ``until_id`` (or behind ``page_token``, after a page X sent back empty);
     ``top_id`` is the newest post that read has seen.
     """
-    gap = bool(cursor.until_id or cursor.page_token)
+    # A read under way below posts already seen; a token alone (after pages X sent back
+    # empty) is the same read, not a gap with newer posts above it.
+    gap = bool(cursor.until_id)
     page = fetch(cursor.since_id or None, cursor.until_id or None, cursor.page_token or None)
     # Only the absence of a token ends a read: X thins pages after cutting them, so an
     # empty page may still have older posts behind it.
