@@ -46,6 +46,18 @@ def positive(text: str) -> int:
     return value
 
 
+def number_list(text: str, *, low: int, high: int | None = None) -> tuple[int, ...]:
+    """A comma-separated list of whole numbers from ``low`` to ``high``, sorted, unique."""
+    try:
+        numbers = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from exc
+    if not numbers or min(numbers) < low or (high is not None and max(numbers) > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of {low} or more"
+        raise argparse.ArgumentTypeError(f"need numbers {bounds}, got {text!r}")
+    return tuple(sorted(set(numbers)))
+
+
 def machine() -> dict[str, Any]:
     """Python, Django, database and CPU, for the report."""
     import django

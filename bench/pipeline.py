@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bench.common import bench_environment, machine, positive
+from bench.common import bench_environment, machine, number_list, positive
 
 if TYPE_CHECKING:
     from bot.models import QueuedTweet
@@ -227,13 +227,7 @@ def _posts(text: str) -> int:
 
 
 def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from exc
-    if not sizes or min(sizes) < 0:
-        raise argparse.ArgumentTypeError(f"need sizes of 0 or more, got {text!r}")
-    return tuple(sorted(set(sizes)))
+    return number_list(text, low=0)
 
 
 def _run(*, posts: int, queue_sizes: tuple[int, ...], repeats: int, wipe: bool) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bench.common import bench_environment, machine, positive
+from bench.common import bench_environment, machine, number_list, positive
 
 if TYPE_CHECKING:
     from bot.clients.x import Page, XClient
@@ -215,13 +215,7 @@ def _hours(text: str) -> int:
 
 
 def _counts(text: str) -> tuple[int, ...]:
-    try:
-        counts = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from exc
-    if not counts or min(counts) < 1 or max(counts) > MAX_POSTS_PER_DAY:
-        raise argparse.ArgumentTypeError(f"need counts from 1 to {MAX_POSTS_PER_DAY}: {text!r}")
-    return tuple(sorted(set(counts)))
+    return number_list(text, low=1, high=MAX_POSTS_PER_DAY)
 
 
 def _periods() -> tuple[int, int]:
