@@ -454,9 +454,9 @@ class _KeyEchoingProxy(OpenAIApp):
         return json_response({"error": {"message": message, "code": status}}, status)
 
 
-def test_a_key_in_a_server_message_is_masked(breaker, clock):
+def _refused_by_a_key_echoing_proxy(status: int, breaker, clock) -> ClientError:
     proxy = _KeyEchoingProxy()
-    proxy.faults.add("chat_completions", "error", status=403, times=1)
+    proxy.faults.add("chat_completions", "error", status=status, times=1)
     with Server(proxy) as running:
         client = LLMClient(
             base_url=f"{running.url}/v1",
@@ -465,7 +465,11 @@ def test_a_key_in_a_server_message_is_masked(breaker, clock):
             breaker=breaker,
             clock=clock,
         )
-        error = failure(draft, client)
+        return failure(draft, client)
+
+
+def test_a_key_in_a_server_message_is_masked(breaker, clock):
+    error = _refused_by_a_key_echoing_proxy(403, breaker, clock)
     assert configuration(error, 403, clock) == (
         "access refused (Key *** is blocked for this model.):"
         " check that OPENAI_API_KEY may use AI_MODEL=gpt-4o-mini"
@@ -473,17 +477,7 @@ def test_a_key_in_a_server_message_is_masked(breaker, clock):
 
 
 def test_a_key_quoted_in_a_rate_limit_answer_is_masked(breaker, clock):
-    proxy = _KeyEchoingProxy()
-    proxy.faults.add("chat_completions", "error", status=429, times=1)
-    with Server(proxy) as running:
-        client = LLMClient(
-            base_url=f"{running.url}/v1",
-            api_key="sk-secret-value-0042",
-            model="gpt-4o-mini",
-            breaker=breaker,
-            clock=clock,
-        )
-        error = failure(draft, client)
+    error = _refused_by_a_key_echoing_proxy(429, breaker, clock)
     assert error.status == 429
     assert "sk-secret-value-0042" not in str(error)
     assert "Key *** is blocked" in str(error)

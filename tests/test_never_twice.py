@@ -44,6 +44,26 @@ def later(minutes: float) -> time_machine.travel:
     return time_machine.travel(timezone.now() + timedelta(minutes=minutes), tick=False)
 
 
+def break_on(monkeypatch, module, name: str, bad) -> None:
+    """Make ``module.name`` raise for the argument ``bad`` picks: a bug on one row."""
+    original = getattr(module, name)
+
+    def broken(arg):
+        if bad(arg):
+            raise RuntimeError(f"a bad value in {name}")
+        return original(arg)
+
+    monkeypatch.setattr(module, name, broken)
+
+
+def assert_one_attempt_spent(row: QueuedTweet) -> None:
+    assert (row.status, row.attempts, row.last_error_reason) == (
+        Status.APPROVED,
+        1,
+        "unexpected",
+    )
+
+
 # --- 1. never twice -------------------------------------------------------------------------
 
 
@@ -551,22 +571,11 @@ def test_an_unexpected_error_on_one_reply_spends_its_attempt_and_the_others_go_o
     run_pipeline()
     approved(bad)
     approved(good)
-    original = publishing_module.author_cap
-
-    def author_cap(tweet):
-        if tweet.author_username == "bob":
-            raise RuntimeError("a bad value in bob's row")
-        return original(tweet)
-
-    monkeypatch.setattr(publishing_module, "author_cap", author_cap)
+    break_on(monkeypatch, publishing_module, "author_cap", lambda t: t.author_username == "bob")
     run_pipeline()
     assert discovered(good).status == Status.POSTED
     broken = discovered(bad)
-    assert (broken.status, broken.attempts, broken.last_error_reason) == (
-        Status.APPROVED,
-        1,
-        "unexpected",
-    )
+    assert_one_attempt_spent(broken)
     assert broken.next_attempt_at > timezone.now()
     assert pipeline.x.replies_to(bad) == []
 
@@ -774,22 +783,10 @@ def test_one_bad_handoff_row_never_stops_publishing(pipeline, monkeypatch):
     run_pipeline()
     approved(handoff_id)
     approved(summoned_id)
-    original = publishing_module.opted_out
-
-    def opted_out(usernames):
-        if "alice" in usernames:
-            raise RuntimeError("a bad value in alice's row")
-        return original(usernames)
-
-    monkeypatch.setattr(publishing_module, "opted_out", opted_out)
+    break_on(monkeypatch, publishing_module, "opted_out", lambda names: "alice" in names)
     run_pipeline()
     assert discovered(summoned_id).status == Status.POSTED
-    broken = discovered(handoff_id)
-    assert (broken.status, broken.attempts, broken.last_error_reason) == (
-        Status.APPROVED,
-        1,
-        "unexpected",
-    )
+    assert_one_attempt_spent(discovered(handoff_id))
 
 
 def test_a_crash_while_recording_x_answer_is_judged_and_never_loops(pipeline, monkeypatch):
