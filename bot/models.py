@@ -270,6 +270,7 @@ class Decision(models.Model):
         REGENERATE = "regenerate", "Asked for a new draft"
         REJECT = "reject", "Rejected"
         DISCARD = "discard", "Discarded a failure"
+        REVISE = "revise", "Rewrote the draft"
         MARK_POSTED = "mark_posted", "Marked posted"
         SKIP = "skip", "Not sent"
         EXPIRE = "expire", "Expired"
@@ -283,6 +284,8 @@ class Decision(models.Model):
     channel = models.CharField(max_length=10, choices=Channel.choices)
     text_before = models.TextField(blank=True)
     text_after = models.TextField(blank=True)
+    # Where the decision was taken, e.g. the Telegram message whose button was pressed.
+    reference = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -306,3 +309,76 @@ class PipelineControl(models.Model):
 
     def __str__(self) -> str:
         return "Publishing paused" if self.publishing_paused else "Publishing running"
+
+
+class OperatorAction(models.Model):
+    """The audit trail of switches that concern no single post: pause, targets, retries."""
+
+    class Action(models.TextChoices):
+        PAUSE = "pause", "Paused publishing"
+        RESUME = "resume", "Resumed publishing"
+        ADD_TARGET = "add_target", "Added a target account"
+        REMOVE_TARGET = "remove_target", "Removed a target account"
+        RETRY = "retry", "Retried a failed reply"
+
+    action = models.CharField(max_length=16, choices=Action.choices)
+    actor = models.CharField(max_length=150)
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    detail = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} by {self.actor} via {self.channel}"
+
+
+class ApprovalMessage(models.Model):
+    """The owner's Telegram message about one queued tweet, and what it shows now.
+
+    Sent once when the draft is ready (or a reply is handed off), then edited to follow
+    the tweet: a new draft, the decision, the result. ``rendered`` fingerprints what it
+    shows, so it is edited only when that changes.
+    """
+
+    queued_tweet = models.OneToOneField(
+        QueuedTweet, on_delete=models.CASCADE, related_name="approval_message"
+    )
+    message_id = models.BigIntegerField(null=True, blank=True, help_text="Empty: not sent yet.")
+    rendered = models.CharField(max_length=64, blank=True)
+    # A sender's claim on sending it: a second sender leaves it alone until then.
+    sending_until = models.DateTimeField(null=True, blank=True)
+    send_attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    reminded_at = models.DateTimeField(null=True, blank=True)
+    # The force-reply prompt asking for an edited text, and the draft version it edits.
+    edit_prompt_id = models.BigIntegerField(null=True, blank=True, unique=True)
+    edit_version = models.PositiveIntegerField(null=True, blank=True)
+    # Shows a final outcome: never edited again.
+    settled = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["settled", "message_id"])]
+
+    def __str__(self) -> str:
+        return f"message {self.message_id or '(not sent)'} for {self.queued_tweet_id}"
+
+
+class TelegramUpdate(models.Model):
+    """An update from Telegram, kept once by its ``update_id``: redeliveries are ignored."""
+
+    update_id = models.BigIntegerField(unique=True)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    handled_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["handled_at", "update_id"])]
+
+    def __str__(self) -> str:
+        return f"update {self.update_id}"

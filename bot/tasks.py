@@ -13,8 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from bot.services import dead_letters, discovery, drafting, publishing, reconciling, scheduling
+from bot.services import (
+    dead_letters,
+    discovery,
+    drafting,
+    heartbeat,
+    publishing,
+    reconciling,
+    scheduling,
+)
 from bot.services.account import remembered_account
+from resilience.alerts import deliver_alerts
 from resilience.db import with_db_recovery
 
 if TYPE_CHECKING:
@@ -84,6 +93,29 @@ def retry_dead_letters() -> dict[str, int]:
     return {"retried": dead_letters.dead_letter_retry_due()}
 
 
+@with_db_recovery
+def notify() -> dict[str, int]:
+    """Tell the owner: alerts, approval messages and their updates, reminders."""
+    from bot.telegram.outbox import ask_owner, owner_client
+
+    heartbeat.beat()
+    counts = deliver_alerts()
+    client = owner_client()
+    if client is None:
+        return counts
+    return {**counts, **ask_owner(client)}
+
+
+@with_db_recovery
+def handle_telegram_updates() -> dict[str, int]:
+    """Handle updates the webhook kept (also a sweep for any whose task was lost)."""
+    from bot.telegram.outbox import owner_client
+    from bot.telegram.updates import handle_received
+
+    client = owner_client()
+    return {"handled": handle_received(client)} if client else {}
+
+
 # The order of one full pass (`manage.py run_pipeline --once`).
 STAGES: list[tuple[str, Callable[[], dict[str, int]]]] = [
     ("retry_dead_letters", retry_dead_letters),
@@ -92,4 +124,5 @@ STAGES: list[tuple[str, Callable[[], dict[str, int]]]] = [
     ("schedule", schedule),
     ("publish", publish),
     ("reconcile", reconcile),
+    ("notify", notify),
 ]

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from django.core.exceptions import ImproperlyConfigured
 
-__all__ = ["env_bool", "env_choice", "env_float", "env_int", "env_list", "env_str"]
+__all__ = ["env_bool", "env_choice", "env_float", "env_int", "env_int_list", "env_list", "env_str"]
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -88,6 +88,15 @@ def env_list(name: str, default: Iterable[str] = ()) -> list[str]:
     if value is None:
         return list(default)
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_int_list(name: str) -> list[int]:
+    """Comma-separated whole numbers (Telegram user ids, say)."""
+    items = env_list(name)
+    try:
+        return [int(item) for item in items]
+    except ValueError:
+        raise _bad(name, ",".join(items), "whole numbers separated by commas") from None
 
 
 def _check_range(

@@ -13,7 +13,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from replyguy.env import env_bool, env_choice, env_float, env_int, env_list, env_str
+from replyguy.env import env_bool, env_choice, env_float, env_int, env_int_list, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("REPLYGUY_VAR_DIR", str(BASE_DIR / "var")))
@@ -211,6 +211,18 @@ TELEGRAM_BOT_TOKEN = env_str("TELEGRAM_BOT_TOKEN")
 TELEGRAM_CHAT_ID = env_str("TELEGRAM_CHAT_ID")
 TELEGRAM_API_BASE_URL = env_str("TELEGRAM_API_BASE_URL", "https://api.telegram.org")
 TELEGRAM_WEBHOOK_SECRET = env_str("TELEGRAM_WEBHOOK_SECRET")
+# Besides the chat, who may act in it (a group's members, say); empty: anyone in the chat.
+TELEGRAM_ALLOWED_USER_IDS = env_int_list("TELEGRAM_ALLOWED_USER_IDS")
+# Telegram allows about one message a second per chat; every sender keeps to this.
+TELEGRAM_SEND_INTERVAL_SECONDS = env_float("TELEGRAM_SEND_INTERVAL_SECONDS", 1.0, minimum=0)
+# A draft waiting this long for a decision gets one reminder (it expires with its post).
+APPROVAL_REMINDER_HOURS = env_int("APPROVAL_REMINDER_HOURS", 6, minimum=1)
+
+# --- Alerts ----------------------------------------------------------------------------------
+# At most one alert per kind and subject in this window; repeats are counted in the next.
+ALERT_COOLDOWN_MINUTES = env_int("ALERT_COOLDOWN_MINUTES", 60, minimum=1)
+# What delivers alerts: a dotted path to a callable taking the alert's text.
+ALERT_NOTIFIER = env_str("ALERT_NOTIFIER", "bot.telegram.outbox.send_alert")
 
 # --- Pipeline pacing --------------------------------------------------------------------
 REPLY_MODE = env_choice("REPLY_MODE", "auto", ["auto", "api", "handoff"])

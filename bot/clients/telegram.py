@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import httpx
 from telegram import (
     Bot,
+    ForceReply,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     LinkPreviewOptions,
@@ -71,6 +72,7 @@ _QUERY_TOO_OLD = "query is too old"
 # A 400 about our one configured chat: every call would fail the same way.
 _CHAT_GONE = ("chat not found", "chat_id is empty", "have no rights to send")
 
+# (label, data): a callback button, or a link button when data is an http(s) URL.
 Buttons = list[tuple[str, str]]
 
 
@@ -117,13 +119,17 @@ class TelegramClient:
         A ``callback_data`` over 64 bytes is refused here, before anything is sent.
         """
         _check_buttons(buttons)
-        return self._sync(self._send, text, buttons, reply_to)
+        return self._sync(self._send, _fit(text), buttons, reply_to)
+
+    def ask(self, text: str, *, reply_to: int | None = None) -> int:
+        """A question the owner answers by replying (Telegram opens the reply box)."""
+        return self._sync(self._send, _fit(text), [], reply_to, True)
 
     def edit_message(self, message_id: int, *, text: str, buttons: Buttons | None = None) -> None:
         """Replace a message's text; ``buttons=None`` removes its keyboard."""
         if buttons:
             _check_buttons(buttons)
-        self._sync(self._edit, message_id, text, buttons)
+        self._sync(self._edit, message_id, _fit(text), buttons)
 
     def answer_callback(self, callback_query_id: str, text: str | None = None) -> None:
         self._sync(self._answer, callback_query_id, text)
@@ -193,13 +199,15 @@ class TelegramClient:
         finally:
             await request.shutdown()
 
-    async def _send(self, text: str, buttons: Buttons, reply_to: int | None) -> int:
+    async def _send(
+        self, text: str, buttons: Buttons, reply_to: int | None, force_reply: bool = False
+    ) -> int:
         async with self._bot() as bot:
             try:
                 message = await bot.send_message(
                     chat_id=self.chat_id,
                     text=text,
-                    reply_markup=_keyboard(buttons),
+                    reply_markup=ForceReply(selective=False) if force_reply else _keyboard(buttons),
                     # Replying to a message the owner deleted must not lose the draft.
                     reply_parameters=(
                         ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
@@ -297,6 +305,8 @@ def _chat_id(value: int | str) -> int | str:
 
 def _check_buttons(buttons: Buttons) -> None:
     for label, data in buttons:
+        if _is_url(data):
+            continue
         size = len(data.encode())
         if not 1 <= size <= MAX_CALLBACK_DATA_BYTES:
             raise ClientError(
@@ -312,8 +322,19 @@ def _keyboard(buttons: Buttons) -> InlineKeyboardMarkup | None:
     if not buttons:
         return None
     return InlineKeyboardMarkup(
-        [[InlineKeyboardButton(label, callback_data=data)] for label, data in buttons]
+        [
+            [
+                InlineKeyboardButton(label, url=data)
+                if _is_url(data)
+                else InlineKeyboardButton(label, callback_data=data)
+            ]
+            for label, data in buttons
+        ]
     )
+
+
+def _is_url(data: str) -> bool:
+    return data.startswith(("https://", "http://"))
 
 
 def _fit(text: str) -> str:

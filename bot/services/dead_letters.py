@@ -11,7 +11,15 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from bot.models import Channel, Decision, FailedTweet, FailedTweetStatus, QueuedTweet, Status
+from bot.models import (
+    Channel,
+    Decision,
+    FailedTweet,
+    FailedTweetStatus,
+    OperatorAction,
+    QueuedTweet,
+    Status,
+)
 from bot.policy import DEAD_LETTER_FIRST_DELAY, DEAD_LETTER_RETRIES, MAX_PUBLISH_ATTEMPTS, backoff
 from bot.services.transitions import SETTLED, UNCLAIMED, audit, transition
 from resilience.alerts import raise_alert
@@ -177,6 +185,34 @@ def dead_letter_retry_due(*, now: datetime | None = None) -> int:
             # Left pending (the transaction rolled back): the next pass tries it again.
             log.exception("dead letters: row %s could not be sent back", failure.id)
     return retried
+
+
+def dead_letter_retry_now(failure_id: int, *, actor: str, channel: Channel) -> str:
+    """An operator sends one failed item back through its stage now; what happened, in words.
+
+    Only an item still failed goes back: one already posted, handed off or whose outcome
+    is unknown is left alone (retrying it could answer a post twice).
+    """
+    now = timezone.now()
+    failure = FailedTweet.objects.filter(id=failure_id).select_related("queued_tweet").first()
+    if failure is None:
+        return f"There is no failed reply #{failure_id}."
+    with transaction.atomic():
+        claimed = FailedTweet.objects.filter(
+            id=failure.id, status__in=[FailedTweetStatus.PENDING, FailedTweetStatus.EXHAUSTED]
+        ).update(status=FailedTweetStatus.RETRYING, last_retry_at=now, updated_at=now)
+        if not claimed or not _send_back(failure, now):
+            transaction.set_rollback(True)
+            state = failure.get_status_display().lower()
+            post = failure.queued_tweet.get_status_display().lower()
+            return f"Failed reply #{failure_id} cannot be retried: it is {state}, its post {post}."
+        OperatorAction.objects.create(
+            action=OperatorAction.Action.RETRY,
+            actor=actor,
+            channel=channel,
+            detail=f"failed reply #{failure_id} ({failure.stage}) for {failure.queued_tweet.url}",
+        )
+    return f"Failed reply #{failure_id} goes back to its {failure.stage} stage now."
 
 
 def _send_back(failure: FailedTweet, now: datetime) -> int:

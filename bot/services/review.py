@@ -12,13 +12,25 @@ from django.utils import timezone
 from bot.models import Channel, Decision, QueuedTweet, Status
 from bot.replies import InvalidReply, validate_reply
 from bot.services.scheduling import reply_schedule
-from bot.services.transitions import audit, transition
+from bot.services.transitions import audit, next_draft_version, posted_fields, transition
 
-__all__ = ["ReviewError", "reply_approve", "reply_regenerate", "reply_reject"]
+__all__ = [
+    "InvalidEdit",
+    "ReviewError",
+    "reply_approve",
+    "reply_posted_by_hand",
+    "reply_regenerate",
+    "reply_reject",
+    "reply_revise",
+]
 
 
 class ReviewError(Exception):
     """The decision cannot be applied; the message says why, for the person deciding."""
+
+
+class InvalidEdit(ReviewError):
+    """The owner's text breaks X's rules; they may try again with another."""
 
 
 def reply_approve(
@@ -28,17 +40,23 @@ def reply_approve(
     channel: Channel,
     version: int,
     text: str | None = None,
+    variant: int | None = None,
+    reference: str = "",
 ) -> QueuedTweet:
-    """Approve draft ``version`` as it is, or the owner's ``text`` exactly as typed.
+    """Approve draft ``version`` as it is, its ``variant`` (an index into the variants
+    shown with it), or the owner's ``text`` exactly as typed.
 
     The owner's text is checked against X's rule only (never cleaned like a model's
     output) and may keep a link (``LINK_COST_NOTE`` says what that costs).
+    ``reference`` names where the decision was taken (a Telegram message, say).
     """
-    edited = text is not None and text.strip() != tweet.draft
-    try:
-        final = validate_reply(text, allow_links=True) if edited else tweet.draft
-    except InvalidReply as exc:
-        raise ReviewError(f"This reply cannot be posted: {exc}") from exc
+    if variant is not None:
+        variants = tweet.variants or []
+        if not 0 <= variant < len(variants) or not isinstance(variants[variant], str):
+            raise ReviewError(f"The draft for {tweet.url} has no variant {variant + 1}.")
+        text = variants[variant]
+    edited = text is not None and text.strip() != tweet.draft and variant is None
+    final = _checked(text) if edited else (text if variant is not None else tweet.draft)
     now = timezone.now()
     with transaction.atomic():
         moved = transition(
@@ -61,6 +79,7 @@ def reply_approve(
             channel=channel,
             before=tweet.draft,
             after=final,
+            reference=reference,
         )
     tweet.status, tweet.draft, tweet.approved_at = Status.APPROVED, final, now
     tweet.approved_by, tweet.approved_via = actor, channel
@@ -68,20 +87,126 @@ def reply_approve(
     return tweet
 
 
-def reply_regenerate(tweet: QueuedTweet, *, actor: str, channel: Channel) -> None:
+def reply_revise(
+    tweet: QueuedTweet,
+    text: str,
+    *,
+    actor: str,
+    channel: Channel,
+    version: int,
+    reference: str = "",
+) -> QueuedTweet:
+    """Replace draft ``version`` with the owner's text, to be approved like any draft.
+
+    The text becomes a new draft version: a button shown with the old one can no
+    longer approve anything.
+    """
+    final = _checked(text)
+    with transaction.atomic():
+        if not transition(
+            tweet.id,
+            expected=Status.PENDING,
+            to=Status.PENDING,
+            version=version,
+            draft=final,
+            draft_version=next_draft_version(),
+        ):
+            raise ReviewError(_refusal(tweet, version))
+        audit(
+            tweet,
+            Decision.Action.REVISE,
+            actor=actor,
+            channel=channel,
+            before=tweet.draft,
+            after=final,
+            reference=reference,
+        )
+    return QueuedTweet.objects.get(id=tweet.id)
+
+
+def reply_regenerate(
+    tweet: QueuedTweet,
+    *,
+    actor: str,
+    channel: Channel,
+    version: int | None = None,
+    reference: str = "",
+) -> None:
     """Throw the draft away; the draft stage writes a new one."""
     with transaction.atomic():
-        if not transition(tweet.id, expected=Status.PENDING, to=Status.NEW, draft_attempts=0):
-            raise ReviewError(_refusal(tweet))
-        audit(tweet, Decision.Action.REGENERATE, actor=actor, channel=channel, before=tweet.draft)
+        if not transition(
+            tweet.id, expected=Status.PENDING, to=Status.NEW, version=version, draft_attempts=0
+        ):
+            raise ReviewError(_refusal(tweet, version))
+        audit(
+            tweet,
+            Decision.Action.REGENERATE,
+            actor=actor,
+            channel=channel,
+            before=tweet.draft,
+            reference=reference,
+        )
 
 
-def reply_reject(tweet: QueuedTweet, *, actor: str, channel: Channel) -> None:
+def reply_reject(
+    tweet: QueuedTweet,
+    *,
+    actor: str,
+    channel: Channel,
+    version: int | None = None,
+    reference: str = "",
+) -> None:
     """Never answer this post. Possible until publishing starts."""
     with transaction.atomic():
-        if not transition(tweet.id, expected=[Status.PENDING, Status.APPROVED], to=Status.REJECTED):
+        if not transition(
+            tweet.id,
+            expected=[Status.PENDING, Status.APPROVED],
+            to=Status.REJECTED,
+            version=version,
+        ):
+            raise ReviewError(_refusal(tweet, version))
+        audit(
+            tweet,
+            Decision.Action.REJECT,
+            actor=actor,
+            channel=channel,
+            before=tweet.draft,
+            reference=reference,
+        )
+
+
+def reply_posted_by_hand(
+    tweet: QueuedTweet, *, actor: str, channel: Channel, reference: str = ""
+) -> None:
+    """The owner says they posted a handed-off reply: it is settled as posted.
+
+    Reconcile settles it by itself when it sees the reply on our timeline; the owner's
+    word settles it sooner (with no reply id: X's answer went to the owner's app).
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        if not transition(
+            tweet.id,
+            expected=Status.HANDOFF,
+            to=Status.POSTED,
+            **posted_fields("", now, tweet.claimed_at),
+        ):
             raise ReviewError(_refusal(tweet))
-        audit(tweet, Decision.Action.REJECT, actor=actor, channel=channel, before=tweet.draft)
+        audit(
+            tweet,
+            Decision.Action.MARK_POSTED,
+            actor=actor,
+            channel=channel,
+            after=tweet.draft,
+            reference=reference,
+        )
+
+
+def _checked(text: str | None) -> str:
+    try:
+        return validate_reply(text or "", allow_links=True)
+    except InvalidReply as exc:
+        raise InvalidEdit(f"This reply cannot be posted: {exc}") from exc
 
 
 def _refusal(tweet: QueuedTweet, version: int | None = None) -> str:

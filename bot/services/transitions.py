@@ -92,6 +92,7 @@ def audit(
     channel: Channel,
     before: str = "",
     after: str = "",
+    reference: str = "",
 ) -> Decision:
     """The one writer of the audit trail: who decided what, where, with which text."""
     return Decision.objects.create(
@@ -101,6 +102,7 @@ def audit(
         channel=channel,
         text_before=before,
         text_after=after,
+        reference=reference[:100],
     )
 
 
