@@ -6,7 +6,8 @@ the app's ``Faults`` first, so a test can make any endpoint slow, failing, hangi
 malformed, or (for writes) succeed and then drop the connection before answering.
 
 Every app also answers a small control API under ``/_sandbox/`` (state, reset,
-faults) so a demo or another process can drive it over HTTP.
+faults) so a demo or another process can drive it over HTTP, and may serve pages for
+people (the Telegram stand-in's ``/phone``); neither passes through the faults.
 """
 
 from __future__ import annotations
@@ -117,6 +118,14 @@ class App:
     def seed_state(self, data: dict[str, Any]) -> None:
         raise NotImplementedError(f"{self.name} cannot be seeded over HTTP")
 
+    def page(self, request: Request) -> Response | None:
+        """A page for people rather than the service's clients, or None.
+
+        Pages bypass faults and the request log: opening one in a browser must not use
+        up a fault meant for the code under test.
+        """
+        return None
+
     # --- routing ---------------------------------------------------------------------
 
     def route(self, method: str, pattern: str, name: str) -> Callable[[Handler], Handler]:
@@ -224,6 +233,10 @@ def _make_handler(app: App, stopping: threading.Event) -> type[BaseHTTPRequestHa
             )
             if request.path.startswith("/_sandbox/"):
                 self._send(app.control(request))
+                return
+            page = app.page(request)
+            if page is not None:
+                self._send(page)
                 return
             resolved = app.resolve(request.method, request.path)
             if resolved is None:

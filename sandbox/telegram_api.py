@@ -6,11 +6,12 @@ body (nested fields such as ``reply_markup`` JSON-encoded, which is what PTB sen
 a multipart body. Answers are ``{"ok": true, "result": ...}`` or Telegram's error shape
 ``{"ok": false, "error_code": N, "description": "..."}`` with its exact descriptions.
 
-Tests and demos act as the owner through ``press_button`` and ``send_user_message``;
-the resulting updates are served by ``getUpdates`` (real long polling) or, when a
-webhook is set, POSTed to it from a background thread, as Telegram does. Time-based
-rules (the callback-query answer window, the optional per-chat flood limit, message
-dates) read ``app.clock``, which a test may replace.
+Tests and demos act as the owner through ``press_button`` and ``send_user_message``,
+or in a browser at ``/phone`` (``sandbox.telegram_phone``); the resulting updates are
+served by ``getUpdates`` (real long polling) or, when a webhook is set, POSTed to it
+from a background thread, as Telegram does. Time-based rules (the callback-query answer
+window, the optional per-chat flood limit, message dates) read ``app.clock``, which a
+test may replace.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from copy import deepcopy
 from http import HTTPStatus
 from typing import Any
 
+from sandbox import telegram_phone
 from sandbox.faults import Fault
 from sandbox.http import App, Request, Response, json_response
 
@@ -138,7 +140,8 @@ class TelegramApp(App):
         self.users: dict[int, Params] = {}
         self.chats: dict[int, Params] = {}
         self.add_user(self.owner_user_id, first_name="Owner", username="owner")
-        # chat id -> message id -> {"message": current Message, "history": earlier versions}
+        # chat id -> message id -> {"message": current Message, "history": earlier versions,
+        # "force_reply": the ForceReply markup it was sent with, which Messages do not echo}
         self.messages: dict[int, dict[int, Params]] = {}
         self._next_message_id: dict[int, int] = {}
         self.callback_queries: dict[str, Params] = {}
@@ -333,6 +336,18 @@ class TelegramApp(App):
 
     # --- HTTP --------------------------------------------------------------------------
 
+    def control(self, request: Request) -> Response:
+        """The base control API, plus the phone's under ``/_sandbox/phone/``."""
+        action = request.path.removeprefix("/_sandbox/").strip("/")
+        if action.startswith("phone/"):
+            return telegram_phone.control(self, request, action.removeprefix("phone/"))
+        return super().control(request)
+
+    def page(self, request: Request) -> Response | None:
+        if request.method == "GET" and request.path.rstrip("/") == "/phone":
+            return telegram_phone.page()
+        return None
+
     def resolve(self, method: str, path: str) -> tuple[str, Any, dict[str, str]] | None:
         match = re.fullmatch(r"/bot([^/]*)/([^/]*)", path)
         if match is None or method not in ("GET", "POST"):
@@ -405,7 +420,7 @@ class TelegramApp(App):
                 message["link_preview_options"] = preview
             if markup:
                 message["reply_markup"] = markup
-            self._store(chat["id"], message)
+            self._store(chat["id"], message, force_reply=_force_reply(params.get("reply_markup")))
             return deepcopy(message)
 
     def _edit_message_text(self, params: Params) -> Params:
@@ -562,8 +577,8 @@ class TelegramApp(App):
             "text": text,
         }
 
-    def _store(self, chat_id: int, message: Params) -> None:
-        entry = {"message": deepcopy(message), "history": []}
+    def _store(self, chat_id: int, message: Params, *, force_reply: Params | None = None) -> None:
+        entry = {"message": deepcopy(message), "history": [], "force_reply": force_reply}
         self.messages.setdefault(chat_id, {})[message["message_id"]] = entry
 
     def _replied(self, chat_id: int, message_id: int) -> Params:
@@ -836,6 +851,16 @@ def _reply_markup(raw: Any) -> Params | None:
     keyboard = [[_button(button) for button in row] for row in rows]
     keyboard = [row for row in keyboard if row]
     return {"inline_keyboard": keyboard} if keyboard else None
+
+
+def _force_reply(raw: Any) -> Params | None:
+    """The ForceReply markup a message was sent with (already parsed once by _reply_markup)."""
+    if raw is None or raw == "":
+        return None
+    markup = _json(raw, "can't parse reply keyboard markup JSON object")
+    if isinstance(markup, dict) and _bool(markup.get("force_reply")):
+        return dict(markup)
+    return None
 
 
 def _button(button: Any) -> Params:

@@ -144,3 +144,56 @@ def pipeline(sandbox, settings):
     TargetAccount.objects.create(username="alice")
     yield sandbox
     cache.clear()
+
+
+# --- a real browser: Debian's Chromium driven by Playwright --------------------------------
+
+from typing import TYPE_CHECKING  # noqa: E402 (kept next to the fixtures it types)
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+CHROMIUM = "/usr/bin/chromium"
+# Chromium's own traffic (updates, sync, QUIC probes) is off: the tests run offline.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium for tests marked ``browser``; skipped without it (failed in CI).
+
+    Per module rather than per session: while Playwright runs, its event loop is the
+    thread's running loop, and Django refuses database access from such a thread, so it
+    must not outlive the browser tests' module.
+    """
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("needs playwright (pip install -r requirements-dev.txt)")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"needs Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A fresh tab, phone-sized (400 x 760), in its own browser context."""
+    if request.node.get_closest_marker("browser") is None:
+        pytest.fail("a test using the browser must be marked @pytest.mark.browser")
+    context = browser.new_context(viewport={"width": 400, "height": 760})
+    page = context.new_page()
+    yield page
+    context.close()

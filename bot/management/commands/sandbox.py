@@ -65,6 +65,9 @@ class Command(BaseCommand):
         with sandbox:
             for name, url in sandbox.urls().items():
                 self.stdout.write(f"sandbox {name}: {url} (control API: {url}/_sandbox/state)")
+            self.stdout.write(
+                f"sandbox phone (the owner's Telegram): {sandbox.urls()['telegram']}/phone"
+            )
             self.stdout.write(f"our X account: @{OUR_USERNAME}; Ctrl-C stops the sandbox")
             try:
                 threading.Event().wait()
