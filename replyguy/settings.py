@@ -211,7 +211,8 @@ TELEGRAM_BOT_TOKEN = env_str("TELEGRAM_BOT_TOKEN")
 TELEGRAM_CHAT_ID = env_str("TELEGRAM_CHAT_ID")
 TELEGRAM_API_BASE_URL = env_str("TELEGRAM_API_BASE_URL", "https://api.telegram.org")
 TELEGRAM_WEBHOOK_SECRET = env_str("TELEGRAM_WEBHOOK_SECRET")
-# Besides the chat, who may act in it (a group's members, say); empty: anyone in the chat.
+# Who may act in TELEGRAM_CHAT_ID; empty: the chat's own user (a private chat's id is its
+# user's id). A group chat needs the list.
 TELEGRAM_ALLOWED_USER_IDS = env_int_list("TELEGRAM_ALLOWED_USER_IDS")
 # Telegram allows about one message a second per chat; every sender keeps to this.
 TELEGRAM_SEND_INTERVAL_SECONDS = env_float("TELEGRAM_SEND_INTERVAL_SECONDS", 1.0, minimum=0)

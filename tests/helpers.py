@@ -181,8 +181,10 @@ def reset_breakers() -> None:
 
 # --- the pipeline ----------------------------------------------------------------------------
 
-# Pacing that publishes as soon as a reply is approved: no delay, no quiet hours, roomy caps.
+# Pacing that publishes as soon as a reply is approved: no delay, no quiet hours, roomy caps,
+# and messages to the owner's chat without the second between them.
 PUBLISH_AT_ONCE: Mapping[str, int | str] = {
+    "TELEGRAM_SEND_INTERVAL_SECONDS": 0,
     "MIN_DELAY_MINUTES": 0,
     "MAX_DELAY_MINUTES": 0,
     "QUIET_HOURS_START": 0,

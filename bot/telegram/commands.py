@@ -17,7 +17,7 @@ from bot.selectors import publishing_paused
 from bot.services.control import ControlError, set_publishing_paused, target_add, target_remove
 from bot.services.dead_letters import dead_letter_retry_now
 from bot.telegram.buttons import page_button
-from resilience import all_breakers
+from resilience.registry import all_breakers
 
 if TYPE_CHECKING:
     from bot.telegram.updates import Sender

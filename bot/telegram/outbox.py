@@ -125,9 +125,9 @@ def ask_owner(
     now = now or timezone.now()
     counts = {"sent": 0, "updated": 0, "reminded": 0}
     try:
-        counts["updated"] = _update_shown(client, now)
-        counts["sent"] = _send_new(client, now, limit)
-        counts["reminded"] = _remind(client, now, limit)
+        _update_shown(client, now, counts)
+        _send_new(client, now, limit, counts)
+        _remind(client, now, limit, counts)
     except (NotYourTurn, ServiceError) as exc:
         if isinstance(exc, ClientError):
             note_refusal(exc)
@@ -143,8 +143,7 @@ def needs_message() -> Q:
     )
 
 
-def _send_new(client: TelegramClient, now: datetime, limit: int) -> int:
-    sent = 0
+def _send_new(client: TelegramClient, now: datetime, limit: int, counts: dict[str, int]) -> None:
     waiting = (
         QueuedTweet.objects.filter(needs_message())
         .exclude(approval_message__send_attempts__gte=MAX_SEND_ATTEMPTS)
@@ -175,8 +174,7 @@ def _send_new(client: TelegramClient, now: datetime, limit: int) -> int:
             sending_until=None,
             last_error="",
         )
-        sent += 1
-    return sent
+        counts["sent"] += 1
 
 
 def _claim_send(tweet: QueuedTweet, now: datetime) -> datetime | None:
@@ -203,9 +201,8 @@ def _release_send(
     rows.update(**fields)
 
 
-def _update_shown(client: TelegramClient, now: datetime) -> int:
+def _update_shown(client: TelegramClient, now: datetime, counts: dict[str, int]) -> None:
     """Edit every sent message whose tweet changed since (new draft, decision, result)."""
-    updated = 0
     shown = (
         ApprovalMessage.objects.filter(settled=False, message_id__isnull=False)
         .select_related("queued_tweet")
@@ -233,8 +230,7 @@ def _update_shown(client: TelegramClient, now: datetime) -> int:
         ApprovalMessage.objects.filter(id=message.id, rendered=message.rendered).update(
             rendered=rendering.fingerprint, settled=tweet.status in FINAL
         )
-        updated += 1
-    return updated
+        counts["updated"] += 1
 
 
 def _forget_message(message: ApprovalMessage, tweet: QueuedTweet) -> None:
@@ -246,9 +242,8 @@ def _forget_message(message: ApprovalMessage, tweet: QueuedTweet) -> None:
         ApprovalMessage.objects.filter(id=message.id).update(settled=True)
 
 
-def _remind(client: TelegramClient, now: datetime, limit: int) -> int:
+def _remind(client: TelegramClient, now: datetime, limit: int, counts: dict[str, int]) -> None:
     """A draft waiting long for a decision gets one reminder, under its message."""
-    reminded = 0
     due = ApprovalMessage.objects.filter(
         queued_tweet__status=Status.PENDING,
         message_id__isnull=False,
@@ -277,5 +272,4 @@ def _remind(client: TelegramClient, now: datetime, limit: int) -> int:
         except BaseException:
             ApprovalMessage.objects.filter(id=message.id, reminded_at=now).update(reminded_at=None)
             raise
-        reminded += 1
-    return reminded
+        counts["reminded"] += 1

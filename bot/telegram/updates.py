@@ -63,10 +63,13 @@ class Sender:
         return cls(user_id=int(user.get("id", 0)), chat_id=int(chat.get("id", 0)), name=name)
 
     def allowed(self) -> bool:
-        if str(self.chat_id) != str(settings.TELEGRAM_CHAT_ID).strip():
+        """The configured chat, and in it the allowed users: by default the chat's own
+        user (a private chat's id is its user's); a group needs TELEGRAM_ALLOWED_USER_IDS."""
+        chat = str(settings.TELEGRAM_CHAT_ID).strip()
+        if str(self.chat_id) != chat:
             return False
-        allowed_users = settings.TELEGRAM_ALLOWED_USER_IDS
-        return not allowed_users or self.user_id in allowed_users
+        allowed_users = settings.TELEGRAM_ALLOWED_USER_IDS or [chat]
+        return str(self.user_id) in {str(user) for user in allowed_users}
 
 
 def receive(payload: Any) -> bool:

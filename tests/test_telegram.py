@@ -1,0 +1,605 @@
+"""The owner's Telegram, end to end: python-telegram-bot against the sandbox Bot API.
+
+Each test acts as the owner on the sandbox's chat (``press_button``, ``send_user_message``)
+and runs the poller once (``manage.py telegram_bot --once``: read updates, handle them,
+one outbox pass), as the running service does every few seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import time_machine
+from django.core.management import call_command
+from django.utils import timezone
+
+from bot.models import (
+    ApprovalMessage,
+    Decision,
+    FailedTweet,
+    OperatorAction,
+    PipelineControl,
+    QueuedTweet,
+    Status,
+    TargetAccount,
+    TelegramUpdate,
+)
+from bot.selectors import publishing_paused
+from bot.services.dead_letters import Stage, fail
+from bot.telegram.buttons import Act, button, parse
+from sandbox.x_api import OUR_USERNAME
+from tests.helpers import approved, discovered, requests_to, run_pipeline, summon, until
+
+pytestmark = pytest.mark.django_db
+
+OWNER = 1001
+STRANGER = 4242
+
+
+def phone_pass() -> None:
+    """What the poller does every few seconds: updates in, handled, then the outbox."""
+    call_command("telegram_bot", "--once", stdout=io.StringIO())
+
+
+def message_for(sandbox, post_id: str) -> dict[str, Any]:
+    """The owner's message about ``post_id``, as the phone shows it now."""
+    shown = ApprovalMessage.objects.get(queued_tweet=discovered(post_id))
+    assert shown.message_id is not None, "the approval message was not sent"
+    return sandbox.telegram.message(shown.message_id)
+
+
+def keyboard(message: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = (message.get("reply_markup") or {}).get("inline_keyboard") or []
+    return [(b["text"], b.get("callback_data") or b.get("url")) for row in rows for b in row]
+
+
+def data_of(message: dict[str, Any], label: str) -> str:
+    found = [data for text, data in keyboard(message) if label in text]
+    assert found, f"no {label!r} button in {keyboard(message)}"
+    return found[0]
+
+
+def tap(sandbox, message: dict[str, Any], label_or_data: str, **who: int) -> str | None:
+    """Press a button (by label, or raw data) and let the poller handle it; the toast."""
+    data = label_or_data if parse(label_or_data) else data_of(message, label_or_data)
+    query_id = sandbox.telegram.press_button(message["message_id"], data, **who)
+    phone_pass()
+    answers = [a for a in sandbox.telegram.callback_answers if a["callback_query_id"] == query_id]
+    return answers[0]["text"] if answers else None
+
+
+def drafted(pipeline, text: str = "how do you test retries?") -> str:
+    """A summoned post with its draft sent to the owner's phone; the post's id."""
+    post_id = summon(pipeline, text)
+    run_pipeline()
+    assert discovered(post_id).status == Status.PENDING
+    return post_id
+
+
+def bot_texts(sandbox) -> list[str]:
+    return [m["text"] for m in sandbox.telegram.bot_messages()]
+
+
+# --- approvals --------------------------------------------------------------------------------
+
+
+def test_a_draft_arrives_as_one_message_with_the_post_and_every_decision(pipeline):
+    post_id = drafted(pipeline, "what is your favourite retry library?")
+    message = message_for(pipeline, post_id)
+    tweet = discovered(post_id)
+    assert "@alice" in message["text"]
+    assert "what is your favourite retry library?" in message["text"]
+    assert tweet.url in message["text"]
+    assert tweet.draft in message["text"]
+    assert "min ago" in message["text"]
+    labels = [label for label, _ in keyboard(message)]
+    assert labels == ["✅ Approve", "✏️ Edit", "🔄 Regenerate", "❌ Reject"]
+    assert all(len(data.encode()) <= 64 for _, data in keyboard(message))
+    assert len(pipeline.telegram.bot_messages()) == 1
+
+
+def test_approve_on_the_phone_publishes_that_text_and_the_message_follows_it(pipeline):
+    post_id = drafted(pipeline)
+    message = message_for(pipeline, post_id)
+    toast = tap(pipeline, message, "Approve")
+    tweet = discovered(post_id)
+    assert tweet.status == Status.APPROVED
+    assert toast.startswith("Approved: it goes out around")
+    decision = Decision.objects.get(queued_tweet=tweet, action=Decision.Action.APPROVE)
+    assert (decision.channel, decision.actor) == ("telegram", "telegram:owner")
+    assert decision.reference == f"telegram message {message['message_id']}"
+    assert decision.text_after == tweet.draft
+    shown = pipeline.telegram.message(message["message_id"])
+    assert "Approved by telegram:owner" in shown["text"]
+    assert keyboard(shown) == []  # no second decision from this message
+
+    run_pipeline()  # publishes, then the outbox shows the result
+    tweet = discovered(post_id)
+    assert tweet.status == Status.POSTED
+    assert [r.text for r in pipeline.x.replies_to(post_id)] == [decision.text_after]
+    shown = pipeline.telegram.message(message["message_id"])
+    assert f"Posted: https://x.com/i/web/status/{tweet.reply_tweet_id}" in shown["text"]
+    assert ApprovalMessage.objects.get(queued_tweet=tweet).settled
+
+
+def test_a_second_press_changes_nothing(pipeline):
+    post_id = drafted(pipeline)
+    message = message_for(pipeline, post_id)
+    approve = data_of(message, "Approve")
+    tap(pipeline, message, approve)
+    second = tap(pipeline, message, approve)
+    assert "no longer waiting for a decision" in second
+    assert Decision.objects.filter(queued_tweet=discovered(post_id)).count() == 1
+    reject = button(Act.REJECT, discovered(post_id).id, discovered(post_id).draft_version)
+    tap(pipeline, message, reject)  # too late: approved replies are rejected in the admin
+    assert discovered(post_id).status in (Status.APPROVED, Status.REJECTED)
+    assert Decision.objects.filter(action=Decision.Action.APPROVE).count() == 1
+
+
+def test_reject_on_the_phone(pipeline):
+    post_id = drafted(pipeline)
+    message = message_for(pipeline, post_id)
+    toast = tap(pipeline, message, "Reject")
+    assert toast == "Rejected: this post will not be answered."
+    assert discovered(post_id).status == Status.REJECTED
+    shown = pipeline.telegram.message(message["message_id"])
+    assert "❌ Rejected." in shown["text"] and keyboard(shown) == []
+    run_pipeline()
+    assert pipeline.x.replies_to(post_id) == []
+
+
+def test_edit_asks_for_the_text_checks_it_and_shows_it_for_approval_again(pipeline):
+    post_id = drafted(pipeline)
+    message = message_for(pipeline, post_id)
+    before = discovered(post_id)
+    tap(pipeline, message, "Edit")
+    prompt = pipeline.telegram.bot_messages()[-1]
+    assert prompt["text"].startswith("✏️ Send the new reply to @alice")
+    assert discovered(post_id).status == Status.PENDING  # nothing decided yet
+
+    too_long = "x" * 281
+    pipeline.telegram.send_user_message(too_long, reply_to_message_id=prompt["message_id"])
+    phone_pass()
+    refusal = pipeline.telegram.bot_messages()[-1]
+    assert "cannot be posted" in refusal["text"] and "280" in refusal["text"]
+    assert discovered(post_id).draft == before.draft
+
+    mine = "Mine: sleep-free retries with a fake clock."
+    pipeline.telegram.send_user_message(mine, reply_to_message_id=refusal["message_id"])
+    phone_pass()
+    tweet = discovered(post_id)
+    assert (tweet.status, tweet.draft) == (Status.PENDING, mine)
+    assert tweet.draft_version == before.draft_version + 1
+    assert (
+        Decision.objects.get(queued_tweet=tweet, action=Decision.Action.REVISE).text_after == mine
+    )
+    fresh = message_for(pipeline, post_id)
+    assert fresh["message_id"] != message["message_id"]  # shown again at the bottom
+    assert mine in fresh["text"]
+    old = pipeline.telegram.message(message["message_id"])
+    assert "Replaced" in old["text"] and keyboard(old) == []
+
+    tap(pipeline, fresh, "Approve")
+    run_pipeline()
+    assert [r.text for r in pipeline.x.replies_to(post_id)] == [mine]
+
+
+def test_regenerate_replaces_the_draft_in_the_same_message_and_the_old_button_is_refused(
+    pipeline,
+):
+    pipeline.openai.seed_state({"scripted_replies": ["First draft.", "Second, better draft."]})
+    post_id = drafted(pipeline)
+    message = message_for(pipeline, post_id)
+    stale_approve = data_of(message, "Approve")
+    assert "First draft." in message["text"]
+
+    toast = tap(pipeline, message, "Regenerate")
+    assert toast.startswith("Asking the model for a new draft")
+    assert "Writing a new draft" in pipeline.telegram.message(message["message_id"])["text"]
+    run_pipeline()
+    tweet = discovered(post_id)
+    assert (tweet.status, tweet.draft) == (Status.PENDING, "Second, better draft.")
+    redrawn = message_for(pipeline, post_id)
+    assert redrawn["message_id"] == message["message_id"]
+    assert "Second, better draft." in redrawn["text"]
+
+    refused = tap(pipeline, redrawn, stale_approve)  # the button the first draft showed
+    assert "changed since it was shown" in refused
+    assert discovered(post_id).status == Status.PENDING
+    assert not Decision.objects.filter(action=Decision.Action.APPROVE).exists()
+    assert "Second, better draft." in pipeline.telegram.message(message["message_id"])["text"]
+
+
+def test_a_draft_changed_in_the_admin_cannot_be_approved_from_the_old_message(
+    pipeline, admin_client
+):
+    post_id = drafted(pipeline)
+    message = message_for(pipeline, post_id)
+    tweet = discovered(post_id)
+    from bot.services.review import reply_revise
+
+    reply_revise(
+        tweet,
+        "Rewritten in the admin.",
+        actor="admin",
+        channel="admin",
+        version=tweet.draft_version,
+    )
+    toast = tap(pipeline, message, "Approve")
+    assert "changed since it was shown" in toast
+    assert discovered(post_id).status == Status.PENDING
+    redrawn = pipeline.telegram.message(message["message_id"])
+    assert "Rewritten in the admin." in redrawn["text"]
+    assert data_of(redrawn, "Approve") != data_of(message, "Approve")
+
+
+def test_a_variant_button_approves_that_variant(pipeline, settings):
+    settings.DRAFT_VARIANTS = 3
+    pipeline.openai.seed_state(
+        {"scripted_replies": ["Option one.", "Option two.", "Option three."]}
+    )
+    post_id = drafted(pipeline)
+    message = message_for(pipeline, post_id)
+    tweet = discovered(post_id)
+    assert len(tweet.variants) == 3
+    assert "Variant 2:" in message["text"] and "Variant 3:" in message["text"]
+    tap(pipeline, message, "Use variant 3")
+    tweet = discovered(post_id)
+    assert (tweet.status, tweet.draft) == (Status.APPROVED, tweet.variants[2])
+    assert Decision.objects.get(queued_tweet=tweet).action == Decision.Action.APPROVE
+    run_pipeline()
+    assert [r.text for r in pipeline.x.replies_to(post_id)] == [tweet.variants[2]]
+
+
+def test_a_handoff_gets_a_post_on_x_link_and_i_posted_it(pipeline, settings):
+    settings.REPLY_MODE = "handoff"
+    post_id = drafted(pipeline)
+    message = message_for(pipeline, post_id)
+    assert "comes back to you as a link" in message["text"]
+    tap(pipeline, message, "Approve")
+    run_pipeline()  # due: handed off, and the message shows the link
+    tweet = discovered(post_id)
+    assert tweet.status == Status.HANDOFF
+    shown = pipeline.telegram.message(message["message_id"])
+    link = data_of(shown, "Post on X")
+    assert link.startswith("https://x.com/intent/post?in_reply_to=" + post_id)
+    tap(pipeline, shown, "I posted it")
+    tweet = discovered(post_id)
+    assert tweet.status == Status.POSTED
+    mark = Decision.objects.get(queued_tweet=tweet, action=Decision.Action.MARK_POSTED)
+    assert mark.actor == "telegram:owner"
+    assert keyboard(pipeline.telegram.message(message["message_id"])) == []
+    assert pipeline.x.replies_to(post_id) == []  # nothing sent by the API
+
+
+def test_a_handoff_the_owner_posted_is_found_by_reconcile_and_the_message_says_so(
+    pipeline, settings
+):
+    settings.REPLY_MODE = "handoff"
+    post_id = drafted(pipeline)
+    tap(pipeline, message_for(pipeline, post_id), "Approve")
+    run_pipeline()
+    assert discovered(post_id).status == Status.HANDOFF
+    mine = pipeline.x.publish(OUR_USERNAME, discovered(post_id).draft, reply_to=post_id)
+    run_pipeline()
+    tweet = discovered(post_id)
+    assert (tweet.status, tweet.reply_tweet_id) == (Status.POSTED, mine)
+    shown = message_for(pipeline, post_id)
+    assert f"Posted: https://x.com/i/web/status/{mine}" in shown["text"]
+    assert keyboard(shown) == []
+
+
+# --- security -----------------------------------------------------------------------------
+
+
+def test_a_stranger_cannot_press_or_command_and_is_logged(pipeline, caplog):
+    post_id = drafted(pipeline)
+    message = message_for(pipeline, post_id)
+    pipeline.telegram.add_user(STRANGER, first_name="Mallory", username="mallory")
+    caplog.set_level(logging.WARNING, logger="replyguy.security")
+    toast = tap(pipeline, message, "Approve", user_id=STRANGER)
+    assert toast == "You are not allowed to act here."
+    pipeline.telegram.send_user_message("/pause", chat_id=STRANGER, user_id=STRANGER)
+    phone_pass()
+    assert discovered(post_id).status == Status.PENDING
+    assert not Decision.objects.exists()
+    assert not publishing_paused()
+    assert pipeline.telegram.bot_messages(chat_id=STRANGER) == []  # no answer to strangers
+    refusals = [r for r in caplog.records if r.name == "replyguy.security"]
+    assert len(refusals) == 2
+    assert all(str(STRANGER) in r.getMessage() for r in refusals)
+
+
+def test_only_allowed_users_act_when_the_list_is_set(pipeline, settings):
+    settings.TELEGRAM_ALLOWED_USER_IDS = [777]
+    post_id = drafted(pipeline)
+    toast = tap(pipeline, message_for(pipeline, post_id), "Approve")  # the chat's own user
+    assert toast == "You are not allowed to act here."
+    assert discovered(post_id).status == Status.PENDING
+    settings.TELEGRAM_ALLOWED_USER_IDS = [OWNER]
+    tap(pipeline, message_for(pipeline, post_id), "Approve")
+    assert discovered(post_id).status == Status.APPROVED
+
+
+def _update(update_id: int, text: str) -> dict[str, Any]:
+    return {
+        "update_id": update_id,
+        "message": {
+            "message_id": 900 + update_id % 100,
+            "from": {"id": OWNER, "is_bot": False, "first_name": "Owner", "username": "owner"},
+            "chat": {"id": OWNER, "type": "private", "first_name": "Owner"},
+            "date": int(timezone.now().timestamp()),
+            "text": text,
+            "entities": [{"offset": 0, "length": len(text.split()[0]), "type": "bot_command"}],
+        },
+    }
+
+
+def _post(client, body: Any, secret: str | None) -> Any:
+    headers = {} if secret is None else {"X-Telegram-Bot-Api-Secret-Token": secret}
+    return client.post(
+        "/telegram/webhook/",
+        data=json.dumps(body),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+@pytest.mark.parametrize("secret", [None, "", "wrong-secret", "s3cret-but-longer"])
+def test_the_webhook_refuses_a_missing_or_wrong_secret(client, pipeline, settings, secret, caplog):
+    settings.TELEGRAM_WEBHOOK_SECRET = "s3cret"
+    caplog.set_level(logging.WARNING, logger="replyguy.security")
+    response = _post(client, _update(1, "/pause"), secret)
+    assert response.status_code == 403
+    assert not TelegramUpdate.objects.exists()
+    assert any("webhook call refused" in r.getMessage() for r in caplog.records)
+    assert "s3cret" not in caplog.text
+
+
+def test_the_webhook_is_off_without_a_configured_secret(client, pipeline, settings):
+    settings.TELEGRAM_WEBHOOK_SECRET = ""
+    assert _post(client, _update(1, "/pause"), "").status_code == 403
+    assert not TelegramUpdate.objects.exists()
+
+
+def test_the_same_update_delivered_twice_is_handled_once(client, pipeline, settings):
+    settings.TELEGRAM_WEBHOOK_SECRET = "s3cret"
+    update = _update(123456, "/targets add bob")
+    assert _post(client, update, "s3cret").status_code == 200
+    assert _post(client, update, "s3cret").status_code == 200  # Telegram redelivers
+    assert TelegramUpdate.objects.count() == 1
+    from bot.tasks import handle_telegram_updates
+
+    handle_telegram_updates()  # queued by the webhook; also the minute sweep
+    handle_telegram_updates()
+    assert TargetAccount.objects.filter(username="bob").count() == 1
+    assert OperatorAction.objects.filter(action=OperatorAction.Action.ADD_TARGET).count() == 1
+    assert bot_texts(pipeline) == ["Watching @bob from now on."]
+
+
+def test_an_update_that_fails_is_marked_and_the_next_one_is_still_handled(pipeline, monkeypatch):
+    from bot.telegram import commands
+
+    def broken(args, sender):
+        raise RuntimeError("a bug in one command")
+
+    monkeypatch.setitem(commands.COMMANDS, "queue", broken)
+    pipeline.telegram.send_user_message("/queue")
+    pipeline.telegram.send_user_message("/pause")
+    phone_pass()
+    first, second = TelegramUpdate.objects.order_by("update_id")
+    assert "a bug in one command" in first.error and first.handled_at
+    assert second.error == "" and second.handled_at
+    assert publishing_paused()
+
+
+# --- Telegram down, pacing --------------------------------------------------------------------
+
+
+def test_telegram_down_for_an_hour_loses_no_draft_and_approved_replies_still_publish(pipeline):
+    ready = drafted(pipeline, "first post")
+    tap(pipeline, message_for(pipeline, ready), "Approve")
+    pipeline.telegram.faults.add("*", "error", status=502)
+    waiting = summon(pipeline, "second post, while Telegram is down")
+    start = timezone.now()
+    with time_machine.travel(start, tick=True) as traveller:
+        for _ in range(12):  # an hour, a pass every five minutes
+            run_pipeline()
+            phone_pass()
+            traveller.shift(timedelta(minutes=5))
+        assert discovered(ready).status == Status.POSTED  # publishing never waited for Telegram
+        tweet = discovered(waiting)
+        assert tweet.status == Status.PENDING
+        assert not ApprovalMessage.objects.filter(
+            queued_tweet=tweet, message_id__isnull=False
+        ).exists()
+
+        pipeline.telegram.faults.clear()
+        traveller.shift(timedelta(minutes=2))  # the telegram breaker's recovery timeout
+        run_pipeline()
+        phone_pass()
+    copies = [m for m in pipeline.telegram.bot_messages() if "second post" in m["text"]]
+    assert len(copies) == 1
+    assert discovered(waiting).draft in copies[0]["text"]
+
+
+def _pending(count: int) -> list[QueuedTweet]:
+    now = timezone.now()
+    return [
+        QueuedTweet.objects.create(
+            target_tweet_id=str(10_000 + n),
+            author_id="42",
+            author_username="alice",
+            text=f"post number {n}",
+            tweet_created_at=now,
+            source="target",
+            status=Status.PENDING,
+            draft=f"draft number {n}",
+            variants=[f"draft number {n}"],
+            draft_version=1,
+        )
+        for n in range(count)
+    ]
+
+
+def test_a_burst_of_50_drafts_keeps_telegrams_pace_with_none_lost_or_doubled(
+    pipeline, settings, monkeypatch
+):
+    settings.TELEGRAM_SEND_INTERVAL_SECONDS = 0.1
+    # Telegram's ~1 a second, ten times faster; it refuses (429) anything closer.
+    # (Half the interval: a request's latency varies by some milliseconds.)
+    monkeypatch.setattr(pipeline.telegram, "per_chat_interval", 0.05)
+    _pending(50)
+    pipeline.telegram.faults.add("sendMessage", "error", status=502, times=1)  # fails halfway
+    from bot.telegram.outbox import ask_owner, owner_client
+
+    def all_sent() -> bool:
+        ask_owner(owner_client(), limit=20)
+        return not QueuedTweet.objects.filter(approval_message__message_id__isnull=True).exists()
+
+    assert until(all_sent, timeout=60, interval=0.05)
+    sent = pipeline.telegram.bot_messages()
+    texts = sorted(m["text"].split("Draft:\n")[1].split("\n")[0] for m in sent)
+    assert texts == sorted(f"draft number {n}" for n in range(50))
+    assert ApprovalMessage.objects.filter(message_id__isnull=False).count() == 50
+    assert ("sendMessage", "error") in pipeline.telegram.faults.fired
+    # One request per message and the one that failed: no 429, so nothing was sent again.
+    assert requests_to(pipeline.telegram, "sendMessage") == 51
+    from bot.telegram.outbox import SENDS
+    from resilience.holds import held_until
+
+    assert held_until(SENDS) is None
+
+
+def test_a_429_holds_every_sender_until_retry_after(pipeline):
+    _pending(3)
+    pipeline.telegram.faults.add("sendMessage", "error", status=429, retry_after=30, times=1)
+    from bot.telegram.outbox import SENDS, ask_owner, owner_client
+    from resilience.holds import held_until
+
+    counts = ask_owner(owner_client())
+    assert counts["sent"] == 0 and counts["waiting"] == 1
+    assert held_until(SENDS) is not None
+    assert ask_owner(owner_client())["sent"] == 0  # held: nothing even tried
+    with time_machine.travel(timezone.now() + timedelta(seconds=31), tick=True):
+        assert ask_owner(owner_client())["sent"] == 3
+    assert len(pipeline.telegram.bot_messages()) == 3
+
+
+def test_a_draft_waiting_long_gets_one_reminder_then_expires(pipeline, settings):
+    settings.APPROVAL_REMINDER_HOURS = 2
+    post_id = drafted(pipeline)
+    message = message_for(pipeline, post_id)
+    with time_machine.travel(timezone.now() + timedelta(hours=3), tick=True) as traveller:
+        phone_pass()
+        phone_pass()
+        reminders = [m for m in pipeline.telegram.bot_messages() if m["text"].startswith("⏰")]
+        assert len(reminders) == 1
+        assert reminders[0]["reply_to_message"]["message_id"] == message["message_id"]
+        traveller.shift(timedelta(hours=settings.MAX_POST_AGE_HOURS))
+        run_pipeline()
+    assert discovered(post_id).status == Status.EXPIRED
+    shown = pipeline.telegram.message(message["message_id"])
+    assert "Expired" in shown["text"] and keyboard(shown) == []
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def command(sandbox, text: str) -> str:
+    return command_reply(sandbox, text)["text"]
+
+
+def command_reply(sandbox, text: str) -> dict[str, Any]:
+    """The bot's answer to the owner's ``text`` (it replies to the owner's message)."""
+    sandbox.telegram.send_user_message(text)
+    phone_pass()
+    answers = [
+        m
+        for m in sandbox.telegram.bot_messages()
+        if (m.get("reply_to_message") or {}).get("text") == text
+    ]
+    assert answers, f"no answer to {text!r}"
+    return answers[-1]
+
+
+def test_status_shows_breakers_queue_and_dead_letters(pipeline):
+    drafted(pipeline)
+    from resilience import get_breaker
+
+    get_breaker("ai_service").force_open()
+    text = command(pipeline, "/status")
+    assert "degraded" in text
+    assert "ai_service: forced_open by an operator" in text or "ai_service: open" in text
+    assert "twitter_api: closed" in text
+    assert "waiting for approval 1" in text
+    assert "Dead letters: none" in text
+
+
+def test_queue_is_paged_with_a_more_button(pipeline):
+    _pending(25)
+    reply = command_reply(pipeline, "/queue")
+    assert "Replies waiting (25), page 1 of 3" in reply["text"]
+    tap(pipeline, reply, "More")
+    assert "page 2 of 3" in pipeline.telegram.message(reply["message_id"])["text"]
+    assert "Usage: /queue [page]" in command(pipeline, "/queue two")
+
+
+def test_dlq_and_retry(pipeline):
+    post_id = drafted(pipeline)
+    approved(post_id)
+    fail(
+        discovered(post_id),
+        stage=Stage.PUBLISH,
+        expected=Status.APPROVED,
+        error="X refused it: 400",
+        kind="permanent",
+        now=timezone.now(),
+    )
+    failure = FailedTweet.objects.get()
+    assert f"#{failure.id} publish" in command(pipeline, "/dlq")
+    assert "Usage: /retry <id>" in command(pipeline, "/retry")
+    assert "There is no failed reply #999" in command(pipeline, "/retry 999")
+    assert "goes back to its publish stage now" in command(pipeline, f"/retry {failure.id}")
+    assert discovered(post_id).status == Status.APPROVED
+    assert "cannot be retried" in command(pipeline, f"/retry {failure.id}")  # not twice
+    run_pipeline()
+    assert discovered(post_id).status == Status.POSTED
+    assert OperatorAction.objects.filter(action=OperatorAction.Action.RETRY).count() == 1
+
+
+def test_pause_and_resume_are_audited_and_stop_publishing(pipeline):
+    assert "Publishing paused" in command(pipeline, "/pause lunch break")
+    assert PipelineControl.objects.get(pk=1).paused_reason == "lunch break"
+    post_id = drafted(pipeline)
+    approved(post_id)
+    run_pipeline()
+    assert discovered(post_id).status == Status.APPROVED
+    assert "already paused" in command(pipeline, "/pause")
+    assert "resumed" in command(pipeline, "/resume")
+    run_pipeline()
+    assert discovered(post_id).status == Status.POSTED
+    actions = list(OperatorAction.objects.order_by("created_at").values_list("action", "actor"))
+    assert actions == [("pause", "telegram:owner"), ("resume", "telegram:owner")]
+
+
+def test_targets_list_add_remove_with_clear_errors(pipeline):
+    assert "@alice" in command(pipeline, "/targets")
+    assert "Watching @bob" in command(pipeline, "/targets add @Bob")
+    assert TargetAccount.objects.filter(username="bob").exists()
+    assert "Not done:" in command(pipeline, "/targets add not-a-name!")
+    assert "Not done:" in command(pipeline, "/targets add bob")  # already there
+    assert "No longer watching @bob" in command(pipeline, "/targets remove bob")
+    assert "Not done: @bob is not a target account." in command(pipeline, "/targets remove bob")
+    assert "Usage: /targets" in command(pipeline, "/targets rename alice")
+
+
+def test_help_and_unknown_commands(pipeline):
+    assert "/retry <id>" in command(pipeline, "/help")
+    assert command(pipeline, "/frobnicate").startswith("Unknown command /frobnicate.")
+    assert "press ✏️ Edit" in command(pipeline, "hello bot")
