@@ -17,9 +17,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-# Local mode: DEBUG on, SQLite file in var/, the web server and one django-q2 cluster.
-# Variables in .env (if present) override the defaults. Without X credentials the
-# local sandbox stands in for X, the model and Telegram, with demo accounts posting.
+# Local mode: DEBUG on, SQLite file in var/, the web server, one django-q2 cluster and,
+# when Telegram is configured, its poller. Variables in .env (if present) override the
+# defaults. Without X credentials the local sandbox stands in for X, the model and
+# Telegram (the owner's chat in a browser at the sandbox phone), with demo accounts posting.
 run: $(STAMP)
 	@set -e; if [ -f .env ]; then set -a; . ./.env; set +a; fi; \
 	export DEBUG=$${DEBUG:-true}; \
@@ -32,6 +33,9 @@ run: $(STAMP)
 	  echo "No X_API_KEY: X, the model and Telegram are the local sandbox (manage.py sandbox)"; \
 	fi; \
 	$(BIN)/python manage.py qcluster & pids="$$pids $$!"; \
+	if [ -n "$${TELEGRAM_BOT_TOKEN:-}" ]; then \
+	  $(BIN)/python manage.py telegram_bot & pids="$$pids $$!"; \
+	fi; \
 	trap 'kill $$pids 2>/dev/null; wait; exit' EXIT INT TERM; \
 	echo "Reply Guy: admin at http://$(HOST):$(PORT)/admin/ (Ctrl-C stops everything)"; \
 	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT)

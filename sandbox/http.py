@@ -32,6 +32,8 @@ __all__ = ["App", "Request", "Response", "Server", "json_response"]
 
 log = logging.getLogger(__name__)
 
+_BOT_TOKEN = re.compile(r"/bot[^/\s]+/")
+
 Handler = Callable[..., "Response"]
 
 
@@ -219,7 +221,11 @@ def _make_handler(app: App, stopping: threading.Event) -> type[BaseHTTPRequestHa
         server_version = f"replyguy-sandbox-{app.name}"
 
         def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s: " + format, app.name, *args)
+            # Telegram's paths carry the bot token (/bot<token>/method): never logged.
+            shown = [
+                _BOT_TOKEN.sub("/bot<token>/", arg) if isinstance(arg, str) else arg for arg in args
+            ]
+            log.debug("%s: " + format, app.name, *shown)
 
         def _serve(self) -> None:
             split = urlsplit(self.path)

@@ -635,7 +635,7 @@ def test_run_pipeline_runs_every_stage_when_one_fails_and_exits_non_zero(pipelin
     monkeypatch.setattr(tasks, "STAGES", stages)
     monkeypatch.setattr("bot.management.commands.run_pipeline.STAGES", stages)
     out = io.StringIO()
-    with pytest.raises(CommandError, match="1 of 6 stages failed: discover"):
+    with pytest.raises(CommandError, match="1 of 7 stages failed: discover"):
         call_command("run_pipeline", "--once", stdout=out)
     printed = out.getvalue()
     assert "discover: error RuntimeError: discover is broken" in printed

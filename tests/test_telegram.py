@@ -603,3 +603,40 @@ def test_help_and_unknown_commands(pipeline):
     assert "/retry <id>" in command(pipeline, "/help")
     assert command(pipeline, "/frobnicate").startswith("Unknown command /frobnicate.")
     assert "press ✏️ Edit" in command(pipeline, "hello bot")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_webhook_mode_end_to_end_set_and_removed_by_command(live_server, pipeline, settings):
+    """Telegram (the sandbox) POSTs presses to our webhook over real HTTP; the command
+    sets the webhook with our secret and removes it again."""
+    settings.TELEGRAM_WEBHOOK_SECRET = "s3cret-for-the-webhook"
+    post_id = drafted(pipeline)
+    message = message_for(pipeline, post_id)
+    url = f"{live_server.url}/telegram/webhook/"
+    out = io.StringIO()
+    call_command("telegram_bot", "--set-webhook", url, stdout=out)
+    assert f"Webhook set: Telegram now POSTs updates to {url}" in out.getvalue()
+    assert pipeline.telegram.snapshot()["webhook"]["url"] == url
+
+    pipeline.telegram.press_button(message["message_id"], data_of(message, "Approve"))
+    assert until(lambda: pipeline.telegram.snapshot()["delivered"], timeout=10)
+    assert [d["status"] for d in pipeline.telegram.snapshot()["delivered"]] == [200]
+    assert TelegramUpdate.objects.count() == 1
+    from bot.tasks import handle_telegram_updates
+
+    handle_telegram_updates()
+    assert discovered(post_id).status == Status.APPROVED
+
+    call_command("telegram_bot", "--delete-webhook", stdout=io.StringIO())
+    assert pipeline.telegram.snapshot()["webhook"]["url"] == ""
+
+
+def test_setting_a_webhook_without_a_secret_is_refused_with_what_to_do(pipeline, settings):
+    from django.core.management.base import CommandError
+
+    settings.TELEGRAM_WEBHOOK_SECRET = ""
+    with pytest.raises(CommandError, match="Set TELEGRAM_WEBHOOK_SECRET first"):
+        call_command("telegram_bot", "--set-webhook", "https://example.com/telegram/webhook/")
+    settings.TELEGRAM_WEBHOOK_SECRET = "s3cret"
+    with pytest.raises(CommandError, match="is not Reply Guy's webhook"):
+        call_command("telegram_bot", "--set-webhook", "https://example.com/hook")
