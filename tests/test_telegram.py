@@ -148,7 +148,8 @@ def test_reject_on_the_phone(pipeline):
     assert toast == "Rejected: this post will not be answered."
     assert discovered(post_id).status == Status.REJECTED
     shown = pipeline.telegram.message(message["message_id"])
-    assert "❌ Rejected." in shown["text"] and keyboard(shown) == []
+    assert "❌ Rejected." in shown["text"]
+    assert keyboard(shown) == []
     run_pipeline()
     assert pipeline.x.replies_to(post_id) == []
 
@@ -166,7 +167,8 @@ def test_edit_asks_for_the_text_checks_it_and_shows_it_for_approval_again(pipeli
     pipeline.telegram.send_user_message(too_long, reply_to_message_id=prompt["message_id"])
     phone_pass()
     refusal = pipeline.telegram.bot_messages()[-1]
-    assert "cannot be posted" in refusal["text"] and "280" in refusal["text"]
+    assert "cannot be posted" in refusal["text"]
+    assert "280" in refusal["text"]
     assert discovered(post_id).draft == before.draft
 
     mine = "Mine: sleep-free retries with a fake clock."
@@ -182,7 +184,8 @@ def test_edit_asks_for_the_text_checks_it_and_shows_it_for_approval_again(pipeli
     assert fresh["message_id"] != message["message_id"]  # shown again at the bottom
     assert mine in fresh["text"]
     old = pipeline.telegram.message(message["message_id"])
-    assert "Replaced" in old["text"] and keyboard(old) == []
+    assert "Replaced" in old["text"]
+    assert keyboard(old) == []
 
     tap(pipeline, fresh, "Approve")
     run_pipeline()
@@ -247,7 +250,8 @@ def test_a_variant_button_approves_that_variant(pipeline, settings):
     message = message_for(pipeline, post_id)
     tweet = discovered(post_id)
     assert len(tweet.variants) == 3
-    assert "Variant 2:" in message["text"] and "Variant 3:" in message["text"]
+    assert "Variant 2:" in message["text"]
+    assert "Variant 3:" in message["text"]
     tap(pipeline, message, "Use variant 3")
     tweet = discovered(post_id)
     assert (tweet.status, tweet.draft) == (Status.APPROVED, tweet.variants[2])
@@ -393,8 +397,10 @@ def test_an_update_that_fails_is_marked_and_the_next_one_is_still_handled(pipeli
     pipeline.telegram.send_user_message("/pause")
     phone_pass()
     first, second = TelegramUpdate.objects.order_by("update_id")
-    assert "a bug in one command" in first.error and first.handled_at
-    assert second.error == "" and second.handled_at
+    assert "a bug in one command" in first.error
+    assert first.handled_at
+    assert second.error == ""
+    assert second.handled_at
     assert publishing_paused()
 
 
@@ -483,7 +489,8 @@ def test_a_429_holds_every_sender_until_retry_after(pipeline):
     from resilience.holds import held_until
 
     counts = ask_owner(owner_client())
-    assert counts["sent"] == 0 and counts["waiting"] == 1
+    assert counts["sent"] == 0
+    assert counts["waiting"] == 1
     assert held_until(SENDS) is not None
     assert ask_owner(owner_client())["sent"] == 0  # held: nothing even tried
     with time_machine.travel(timezone.now() + timedelta(seconds=31), tick=True):
@@ -505,7 +512,8 @@ def test_a_draft_waiting_long_gets_one_reminder_then_expires(pipeline, settings)
         run_pipeline()
     assert discovered(post_id).status == Status.EXPIRED
     shown = pipeline.telegram.message(message["message_id"])
-    assert "Expired" in shown["text"] and keyboard(shown) == []
+    assert "Expired" in shown["text"]
+    assert keyboard(shown) == []
 
 
 # --- commands -----------------------------------------------------------------------------
