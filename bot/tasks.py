@@ -23,7 +23,7 @@ from bot.services import (
     scheduling,
 )
 from bot.services.account import remembered_account
-from resilience.alerts import deliver_alerts
+from resilience.alerts import AlertKind, deliver_alerts, raise_alert
 from resilience.db import with_db_recovery
 
 if TYPE_CHECKING:
@@ -51,6 +51,12 @@ def _configured(build: Callable[[], Any], stage: str) -> Any | None:
         return build()
     except ImproperlyConfigured as exc:
         log.warning("%s skipped: %s", stage, exc)
+        raise_alert(
+            kind=AlertKind.INITIALIZATION_FAILED,
+            subject=str(exc)[:200],
+            message=f"Reply Guy cannot start its {stage} stage until this is set: {exc}",
+            details={"stage": stage},
+        )
         return None
 
 

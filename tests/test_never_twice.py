@@ -403,7 +403,8 @@ def test_the_same_refusal_on_several_replies_in_a_row_is_taken_as_our_setup(pipe
     assert FailedTweet.objects.count() == 0
     assert sorted(t.attempts for t in rows) == [0, 0, 1, 1], "two spent, then it is ours"
     assert get_breaker("twitter_api").state == "open"
-    assert AlertEvent.objects.filter(kind="configuration_refused").count() == 1
+    assert AlertEvent.objects.filter(kind="multiple_failures").count() == 1
+    assert not AlertEvent.objects.filter(kind="configuration_refused").exists()
 
 
 def test_a_rate_limit_on_search_holds_search_only_and_publishing_goes_on(pipeline):

@@ -20,7 +20,10 @@ from django.db import connection
 from bot.models import Status
 from tests.helpers import discovered, run_pipeline, summon
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+]
 
 T = TypeVar("T")
 

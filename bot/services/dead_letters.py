@@ -22,7 +22,7 @@ from bot.models import (
 )
 from bot.policy import DEAD_LETTER_FIRST_DELAY, DEAD_LETTER_RETRIES, MAX_PUBLISH_ATTEMPTS, backoff
 from bot.services.transitions import SETTLED, UNCLAIMED, audit, transition
-from resilience.alerts import raise_alert
+from resilience.alerts import AlertKind, raise_alert
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,16 @@ def dead_letter(
             },
         )
         if created:
+            raise_alert(
+                kind=AlertKind.TWEET_PROCESSING_FAILED,
+                # One per stage per cooldown; the next one counts the repeats.
+                subject=f"stage {stage}",
+                message=(
+                    f"The reply to {tweet.url} failed at stage {stage} and waits in the "
+                    f"dead-letter queue for a retry: {error}"
+                ),
+                details={"stage": stage, "kind": kind, "post": tweet.url, "error": error},
+            )
             return failure
         failure.stage, failure.error, failure.error_kind = stage, error, kind
         # A retry that failed, or a tweet failing again after its retry got through one
@@ -145,7 +155,7 @@ def dead_letter(
         failure.save()
     if failure.status == FailedTweetStatus.EXHAUSTED:
         raise_alert(
-            kind="dead_letter_exhausted",
+            kind=AlertKind.DEAD_LETTER_EXHAUSTED,
             subject=f"tweet {tweet.target_tweet_id}",
             message=(
                 f"Gave up on the reply to {tweet.url} after {failure.retry_count} retries "

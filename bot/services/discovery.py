@@ -36,7 +36,7 @@ from bot.services.account import our_account
 from bot.services.cursors import Fetch, read_to_cursor
 from bot.services.notices import notice_service_error
 from resilience import ServiceError
-from resilience.alerts import raise_alert
+from resilience.alerts import AlertKind, raise_alert
 
 if TYPE_CHECKING:
     from bot.clients.x import Post, User, XClient
@@ -157,7 +157,7 @@ def _target_gone(target_id: int) -> None:
         return
     TargetAccount.objects.filter(id=target_id).update(enabled=False)
     raise_alert(
-        kind="target_not_found",
+        kind=AlertKind.TARGET_NOT_FOUND,
         subject=f"@{target.username}",
         message=(
             f"@{target.username} is gone from X (deleted, suspended or renamed); it is "
@@ -186,7 +186,7 @@ def _resolve_targets(x: XClient) -> None:
         # Asking again every pass would cost a paid read each time: switch it off, say so.
         TargetAccount.objects.filter(id=target.id).update(enabled=False)
         raise_alert(
-            kind="target_not_found",
+            kind=AlertKind.TARGET_NOT_FOUND,
             subject=f"@{target.username}",
             message=f"@{target.username} does not exist on X; it is disabled until you fix it.",
         )

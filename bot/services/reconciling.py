@@ -26,7 +26,7 @@ from bot.services.dead_letters import Stage, dead_letter_resolve, fail, spend_at
 from bot.services.notices import notice_service_error
 from bot.services.transitions import UNCLAIMED, audit, posted_fields, transition
 from resilience import ServiceError
-from resilience.alerts import raise_alert
+from resilience.alerts import AlertKind, raise_alert
 
 if TYPE_CHECKING:
     from bot.clients.x import Page, Post, XClient
@@ -181,7 +181,7 @@ def report_unreadable_timeline(now: datetime) -> int:
     stuck = waiting.filter(updated_at__lt=now - UNREADABLE_FOR).count()
     if stuck:
         raise_alert(
-            kind="timeline_unreadable",
+            kind=AlertKind.TIMELINE_UNREADABLE,
             subject="x",
             message=(
                 f"{stuck} replies have waited over an hour because X does not let Reply Guy "
@@ -244,7 +244,7 @@ def _found_unwanted(tweet: QueuedTweet, reply_id: str, now: datetime) -> Outcome
             after=tweet.draft,
         )
         raise_alert(
-            kind="unwanted_reply_live",
+            kind=AlertKind.UNWANTED_REPLY_LIVE,
             subject=f"tweet {tweet.target_tweet_id}",
             message=(
                 f"A reply you {tweet.get_status_display().lower()} is live on X: "
