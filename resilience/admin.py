@@ -11,9 +11,11 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 
+from resilience.alerts import alerts_redeliver
 from resilience.breaker import CircuitBreaker
 from resilience.models import AlertEvent, BreakerRecord
 from resilience.registry import all_breakers, get_breaker
@@ -69,12 +71,47 @@ class BreakerAdmin(admin.ModelAdmin):
 
 @admin.register(AlertEvent)
 class AlertEventAdmin(admin.ModelAdmin):
-    """What the owner was told, newest first: read-only, the record of what went wrong."""
+    """What the owner was told, newest first: read-only, the record of what went wrong.
 
-    list_display = ["created_at", "kind", "subject", "message", "delivered_at"]
-    list_filter = ["kind", "delivered_at"]
+    The one action sends failed alerts again (``alerts_redeliver``)."""
+
+    list_display = [
+        "created_at",
+        "kind",
+        "subject",
+        "status",
+        "repeats",
+        "suppressed_before",
+        "delivered_at",
+    ]
+    list_filter = ["status", "kind"]
     search_fields = ["subject", "message"]
-    readonly_fields = ["kind", "subject", "message", "created_at", "delivered_at"]
+    readonly_fields = [
+        "kind",
+        "subject",
+        "message",
+        "details",
+        "created_at",
+        "repeats",
+        "suppressed_before",
+        "suppressed_since",
+        "status",
+        "queued_at",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+        "delivered_at",
+        "delivered_ref",
+    ]
+    actions = ["deliver_again"]
+
+    @admin.action(description="Deliver again (failed alerts only)", permissions=["deliver"])
+    def deliver_again(self, request: HttpRequest, queryset: QuerySet[AlertEvent]) -> None:
+        count = alerts_redeliver(queryset)
+        messages.success(request, f"{count} failed alert(s) queued to be sent again.")
+
+    def has_deliver_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("resilience.change_alertevent")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.utils import timezone
 
 
 class BreakerRecord(models.Model):
@@ -24,19 +25,71 @@ class BreakerRecord(models.Model):
         return self.name
 
 
+class AlertStatus(models.TextChoices):
+    PENDING = "pending", "Waiting to be sent"
+    SENDING = "sending", "Being sent"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Not delivered"
+
+
 class AlertEvent(models.Model):
-    """Something the owner must hear about. Recorded first, delivered by the notifier."""
+    """Something the owner must hear about: the outbox row, written in the transaction
+    that found the problem and delivered afterwards (``resilience.alerts``)."""
 
     kind = models.CharField(max_length=64)
     subject = models.CharField(max_length=200)
     message = models.TextField()
-    created_at = models.DateTimeField(auto_now_add=True)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Repeats of this alert within its cooldown window, counted instead of recorded.
+    repeats = models.PositiveIntegerField("repeats held back", default=0)
+    # The previous window's repeats, told in this alert's text, and when that window began.
+    suppressed_before = models.PositiveIntegerField("held back before it", default=0)
+    suppressed_since = models.DateTimeField(null=True, blank=True)
+
+    status = models.CharField(
+        max_length=16, choices=AlertStatus.choices, default=AlertStatus.PENDING
+    )
+    # When delivery was last asked for (created, or sent again from the admin): an alert
+    # older than a day is not sent any more.
+    queued_at = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    # Pending: not before then. Sending: the deliverer's lease runs out then.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    delivered_ref = models.CharField(max_length=64, blank=True)  # the notifier's message id
 
     class Meta:
         db_table = "resilience_alert"
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["delivered_at", "created_at"])]
+        indexes = [models.Index(fields=["status", "created_at"], name="resilience_alert_due")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.subject}"
+
+
+class AlertCooldown(models.Model):
+    """One row per (kind, subject): when its current window began and its alert.
+
+    The row is what makes "at most one alert per window" hold across processes: the one
+    conditional update that moves ``window_started_at`` decides who records the alert.
+    """
+
+    kind = models.CharField(max_length=64)
+    subject = models.CharField(max_length=200)
+    window_started_at = models.DateTimeField()
+    event = models.ForeignKey(
+        AlertEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        db_table = "resilience_alert_cooldown"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "subject"], name="resilience_alert_cooldown_key"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.subject}"

@@ -8,13 +8,15 @@ from typing import Any
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from resilience.breaker import CircuitBreaker
+from resilience.breaker import CircuitBreaker, Listener
 from resilience.stores import BreakerStore, DatabaseStore, MemoryStore, RedisStore
 
-__all__ = ["all_breakers", "clear", "get_breaker"]
+__all__ = ["add_listener", "all_breakers", "clear", "get_breaker"]
 
 _breakers: dict[str, CircuitBreaker] = {}
 _stores: dict[str, BreakerStore] = {}
+# Heard by every breaker built here (the alerts, wired in ``apps.py``); kept by ``clear``.
+_listeners: list[Listener] = []
 _lock = threading.Lock()
 
 
@@ -31,6 +33,16 @@ def get_breaker(name: str) -> CircuitBreaker:
 
 def all_breakers() -> list[CircuitBreaker]:
     return [get_breaker(name) for name in settings.RESILIENCE["BREAKERS"]]
+
+
+def add_listener(listener: Listener) -> None:
+    """Have every configured breaker, built or yet to be built, call ``listener``."""
+    with _lock:
+        if listener in _listeners:
+            return
+        _listeners.append(listener)
+        for breaker in _breakers.values():
+            breaker.add_listener(listener)
 
 
 def clear() -> None:
@@ -54,6 +66,7 @@ def _build(name: str) -> CircuitBreaker:
         failure_on=failure_on,
         store=store,
         snapshot_ttl=settings.RESILIENCE["SNAPSHOT_TTL"],
+        listeners=tuple(_listeners),
         **config,
     )
 
