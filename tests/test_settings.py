@@ -115,7 +115,9 @@ def test_sqlite_file_takes_concurrent_writers_without_locking_errors(tmp_path):
 
 def test_env_example_lists_every_variable_the_settings_read():
     source = (ROOT / "replyguy" / "settings.py").read_text()
-    read = set(re.findall(r'env_(?:str|bool|int|float|choice|list|int_list)\(\s*"([A-Z_0-9]+)"', source))
+    read = set(
+        re.findall(r'env_(?:str|bool|int|float|choice|list|int_list)\(\s*"([A-Z_0-9]+)"', source)
+    )
     listed = set(re.findall(r"^([A-Z_0-9]+)=", (ROOT / ".env.example").read_text(), re.M))
     assert read, "no variables found: the pattern is stale"
     assert read - listed == set(), "read by settings but missing from .env.example"
