@@ -123,10 +123,10 @@ class Poller:
             receive(update)
             self.offset = max(self.offset or 0, int(update.get("update_id", 0)) + 1)
         handle_received(self.client)
+        if time.time() - self.last_workers_check >= WORKERS_EVERY:
+            self.last_workers_check = time.time()
+            heartbeat.check_workers(since=self.started)
         if outbox:
             self.last_outbox = time.time()
             deliver_alerts()
             ask_owner(self.client)
-        if time.time() - self.last_workers_check >= WORKERS_EVERY:
-            self.last_workers_check = time.time()
-            heartbeat.check_workers(since=self.started)
