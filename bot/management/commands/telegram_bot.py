@@ -92,7 +92,11 @@ class Command(BaseCommand):
         self.stdout.write(f"Telegram poller: chat {client.chat_id}; Ctrl-C stops it")
         try:
             while not stop.is_set():
-                poller.cycle(poll_seconds=POLL_SECONDS, outbox=poller.outbox_due())
+                try:
+                    poller.cycle(poll_seconds=POLL_SECONDS, outbox=poller.outbox_due())
+                except Exception:  # the database gone for longer than its retries, say
+                    log.exception("telegram poller: this cycle failed; the next one goes on")
+                    time.sleep(ERROR_PAUSE)
         except KeyboardInterrupt:
             pass
         self.stdout.write("Telegram poller stopped")
