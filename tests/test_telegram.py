@@ -10,6 +10,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
+import subprocess
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -33,7 +36,16 @@ from bot.selectors import publishing_paused
 from bot.services.dead_letters import Stage, fail
 from bot.telegram.buttons import Act, button, parse
 from sandbox.x_api import OUR_USERNAME
-from tests.helpers import approved, discovered, requests_to, run_pipeline, summon, until
+from tests.helpers import (
+    ROOT,
+    approved,
+    discovered,
+    requests_to,
+    run_pipeline,
+    summon,
+    until,
+    worker_env,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -647,3 +659,26 @@ def test_setting_a_webhook_without_a_secret_is_refused_with_what_to_do(pipeline,
     settings.TELEGRAM_WEBHOOK_SECRET = "s3cret"
     with pytest.raises(CommandError, match="is not Reply Guy's webhook"):
         call_command("telegram_bot", "--set-webhook", "https://example.com/hook")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_the_poller_process_handles_commands_and_stops_at_once(pipeline, stop):
+    poller = subprocess.Popen(
+        [sys.executable, "manage.py", "telegram_bot"],
+        cwd=ROOT,
+        env=worker_env(pipeline),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pipeline.telegram.send_user_message("/pause from the poller test")
+        assert until(publishing_paused, timeout=30, interval=0.1), "the poller never paused"
+        poller.send_signal(stop)  # how a PaaS (SIGTERM) or Ctrl-C (SIGINT) stops it
+        out, err = poller.communicate(timeout=15)
+    finally:
+        poller.kill()
+    assert poller.returncode == 0, err
+    assert "Telegram poller stopped" in out
+    assert "Traceback" not in err
