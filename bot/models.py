@@ -11,7 +11,9 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 
-X_USERNAME = RegexValidator(r"^@?\w{1,15}$", "An X username: letters, digits, _; at most 15.")
+X_USERNAME = RegexValidator(
+    r"^@?[A-Za-z0-9_]{1,15}$", "An X username: letters, digits, _; at most 15."
+)
 
 
 class TargetAccount(models.Model):

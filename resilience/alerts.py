@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote, quote_plus
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -195,8 +196,10 @@ def _scrub(text: str) -> str:
     for name in dir(settings):
         if name.isupper() and _SECRET_NAME.search(name):
             value = getattr(settings, name, None)
-            if isinstance(value, str) and len(value) >= 8 and value in text:
-                text = text.replace(value, _MASK)
+            if not isinstance(value, str) or len(value) < 8:
+                continue
+            for form in {value, quote(value, safe=""), quote_plus(value)}:
+                text = text.replace(form, _MASK)
     return text
 
 

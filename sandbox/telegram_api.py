@@ -426,6 +426,7 @@ class TelegramApp(App):
     def _edit_message_text(self, params: Params) -> Params:
         with self.lock:
             stored = self._editable(params)
+            self._flood_check(stored["message"]["chat"]["id"])  # edits count, as on Telegram
             text = _message_text(params)
             markup = _reply_markup(params.get("reply_markup"))
             # Omitting reply_markup removes the keyboard, as on Telegram.

@@ -120,3 +120,17 @@ def test_silent_workers_are_reported_by_the_poller(pipeline, monkeypatch):
     poller.last_workers_check = 0
     poller.cycle(poll_seconds=0, outbox=True)
     assert len(alerts(AlertKind.WORKER_SILENT)) == 1
+
+
+def test_a_secret_in_an_alert_is_masked_even_url_encoded(pipeline, settings):
+    from urllib.parse import quote
+
+    token = settings.TELEGRAM_BOT_TOKEN
+    raise_alert(
+        kind=AlertKind.CONFIGURATION_REFUSED,
+        subject="telegram 401",
+        message=f"GET /bot{quote(token, safe='')}/getMe and /bot{token}/getMe were refused",
+    )
+    [event] = alerts(AlertKind.CONFIGURATION_REFUSED)
+    assert token not in event.message
+    assert quote(token, safe="") not in event.message

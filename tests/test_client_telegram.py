@@ -332,7 +332,9 @@ def test_webhook_gets_presses_with_the_secret_and_excludes_polling(client, app, 
 
     with pytest.raises(ClientError) as caught:
         client.get_updates(offset=None, timeout=0)
-    assert (caught.value.kind, caught.value.status) == (ErrorKind.TRANSIENT, 409)
+    assert (caught.value.kind, caught.value.status) == (ErrorKind.PERMANENT, 409)
+    assert caught.value.reason == "configuration"
+    assert client.breaker.get_status()["failures"] == 0  # Telegram itself is fine
 
     client.delete_webhook()
     app.send_user_message("now by polling")

@@ -682,3 +682,106 @@ def test_the_poller_process_handles_commands_and_stops_at_once(pipeline, stop):
     assert poller.returncode == 0, err
     assert "Telegram poller stopped" in out
     assert "Traceback" not in err
+
+
+# --- found by the hostile review --------------------------------------------------------------
+
+
+def test_a_poller_left_running_beside_a_webhook_says_so_and_leaves_telegram_working(
+    pipeline, settings
+):
+    from bot.telegram.outbox import ask_owner, owner_client
+    from resilience import get_breaker
+    from resilience.models import AlertEvent
+
+    settings.TELEGRAM_WEBHOOK_SECRET = "s3cret"
+    call_command(
+        "telegram_bot",
+        "--set-webhook",
+        "http://127.0.0.1:9/telegram/webhook/",
+        stdout=io.StringIO(),
+    )
+    for _ in range(6):
+        phone_pass()  # every getUpdates answers 409
+    assert get_breaker("telegram").state == "closed"
+    [alert] = AlertEvent.objects.filter(kind="configuration_refused")
+    assert "409" in alert.message
+    _pending(1)
+    assert ask_owner(owner_client())["sent"] == 1  # approvals still go out
+
+
+def test_a_message_is_edited_only_when_its_tweet_changes_never_for_the_clock(pipeline):
+    from bot.telegram.outbox import ask_owner, owner_client
+
+    _pending(3)
+    ask_owner(owner_client())
+    edits = requests_to(pipeline.telegram, "editMessageText")
+    for minutes in (2, 3, 70, 130, 60 * 30):
+        with time_machine.travel(timezone.now() + timedelta(minutes=minutes), tick=True):
+            assert ask_owner(owner_client())["updated"] == 0
+    assert requests_to(pipeline.telegram, "editMessageText") == edits
+
+
+def test_a_strangers_unstorable_message_never_blocks_the_owners(pipeline):
+    pipeline.telegram.add_user(STRANGER, first_name="Mallory")
+    pipeline.telegram.send_user_message("hi\x00there", chat_id=STRANGER, user_id=STRANGER)
+    pipeline.telegram.send_user_message("/pause")
+    phone_pass()
+    assert publishing_paused()
+    assert all("\x00" not in json.dumps(u.payload) for u in TelegramUpdate.objects.all())
+
+
+@pytest.mark.parametrize("data", ["p:queue:0", "p:queue:-1", "p:nothing:2", "a:1:1:1:1", "zz"])
+def test_a_forged_button_is_refused_without_an_error(pipeline, data):
+    _pending(1)
+    reply = command_reply(pipeline, "/queue")
+    pipeline.telegram.press_button(reply["message_id"], data)
+    phone_pass()
+    assert not TelegramUpdate.objects.exclude(error="").exists()
+    assert not Decision.objects.exists()
+
+
+def test_a_forged_press_never_moves_another_drafts_message(pipeline):
+    from bot.telegram.outbox import ask_owner, owner_client
+
+    first, second = _pending(2)
+    ask_owner(owner_client(), limit=1)  # only the first has a message
+    shown = ApprovalMessage.objects.get(queued_tweet=first)
+    forged = button(Act.REJECT, second.id, second.draft_version)
+    pipeline.telegram.press_button(shown.message_id, forged)
+    phone_pass()
+    assert ApprovalMessage.objects.filter(message_id=shown.message_id).count() == 1
+
+
+def test_target_names_are_ascii_as_on_x(pipeline):
+    assert "Not done:" in command(pipeline, "/targets add ñandú_日本")
+    assert not TargetAccount.objects.filter(username__startswith="ñ").exists()
+
+
+@pytest.mark.parametrize("configured", ["+1001", "01001", " 1001 "])
+def test_the_chat_id_is_read_the_same_way_everywhere(pipeline, settings, configured):
+    settings.TELEGRAM_CHAT_ID = configured
+    assert "Publishing paused" in command(pipeline, "/pause")
+
+
+@pytest.mark.parametrize("update_id", [True, "12", -1, 2**64])
+def test_the_webhook_ignores_an_update_id_that_is_not_one(client, pipeline, settings, update_id):
+    settings.TELEGRAM_WEBHOOK_SECRET = "s3cret"
+    assert (
+        _post(client, {**_update(1, "/pause"), "update_id": update_id}, "s3cret").status_code == 200
+    )
+    assert not TelegramUpdate.objects.exists()
+
+
+def test_a_draft_telegram_keeps_refusing_is_given_up_on_with_an_alert(pipeline):
+    from bot.telegram.outbox import MAX_SEND_ATTEMPTS, ask_owner, owner_client
+    from resilience.models import AlertEvent
+
+    [tweet] = _pending(1)
+    pipeline.telegram.faults.add("sendMessage", "error", status=400)
+    for _ in range(MAX_SEND_ATTEMPTS + 2):
+        ask_owner(owner_client())
+    assert requests_to(pipeline.telegram, "sendMessage") == MAX_SEND_ATTEMPTS
+    [alert] = AlertEvent.objects.filter(kind="tweet_processing_failed")
+    assert tweet.url in alert.message
+    assert "in the admin" in alert.message

@@ -10,12 +10,14 @@ Every call goes through the ``telegram`` circuit breaker and has a timeout; noth
 retried here. Failures become ``ClientError``:
 
 - transient: connection refused, any failure of an edit, answer or poll that is not
-  a 400, 5xx, 429 (``retry_at`` from ``retry_after``), 401 bad token, 409 conflict,
+  a 400, 5xx, 429 (``retry_at`` from ``retry_after``), 401 bad token,
   a malformed answer, and what is wrong with our one configured chat (403 blocked,
   "chat not found", migrated): every call to it would fail alike, so it is the
   service's business, not the item's;
 - ambiguous: ``sendMessage`` went out and no readable answer came back;
-- permanent: any other 400.
+- permanent: any other 400, and 409 (polling while a webhook is set, or a second
+  poller): reason ``configuration``, the owner's to fix; it says nothing of Telegram's
+  health, so the breaker does not count it.
 
 "message is not modified" and "query is too old" are not failures.
 """
@@ -52,10 +54,10 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBUserWarning
 
-from bot.clients.errors import ClientError, ErrorKind
+from bot.clients.errors import ClientError, ErrorKind, Reason
 from resilience import CircuitBreaker, get_breaker
 
-__all__ = ["MAX_CALLBACK_DATA_BYTES", "MAX_MESSAGE_LENGTH", "TelegramClient"]
+__all__ = ["MAX_CALLBACK_DATA_BYTES", "MAX_MESSAGE_LENGTH", "TelegramClient", "same_chat"]
 
 T = TypeVar("T")
 
@@ -154,14 +156,14 @@ class TelegramClient:
         self, *, text: str, buttons: Buttons, reply_to: int | None = None
     ) -> int:
         _check_buttons(buttons)
-        return await self.breaker.call_async(self._send, text, buttons, reply_to)
+        return await self.breaker.call_async(self._send, _fit(text), buttons, reply_to)
 
     async def aedit_message(
         self, message_id: int, *, text: str, buttons: Buttons | None = None
     ) -> None:
         if buttons:
             _check_buttons(buttons)
-        await self.breaker.call_async(self._edit, message_id, text, buttons)
+        await self.breaker.call_async(self._edit, message_id, _fit(text), buttons)
 
     async def aanswer_callback(self, callback_query_id: str, text: str | None = None) -> None:
         await self.breaker.call_async(self._answer, callback_query_id, text)
@@ -294,6 +296,11 @@ def _loop_is_running() -> bool:
     return True
 
 
+def same_chat(a: int | str, b: int | str) -> bool:
+    """Whether two chat ids (as configured, or as Telegram sends them) name one chat."""
+    return _chat_id(a) == _chat_id(b)
+
+
 def _chat_id(value: int | str) -> int | str:
     """Numeric ids as ints; ``@channel`` names stay strings."""
     text = str(value).strip()
@@ -371,7 +378,7 @@ def _client_error(exc: TelegramError, *, sends: bool = False) -> ClientError:
     if isinstance(exc, InvalidToken):
         return error(ErrorKind.TRANSIENT, 401)  # configuration: every call fails alike
     if isinstance(exc, Conflict):
-        return error(ErrorKind.TRANSIENT, 409)
+        return error(ErrorKind.PERMANENT, 409, reason=Reason.CONFIGURATION)
     if isinstance(exc, Forbidden | ChatMigrated):
         return error(ErrorKind.TRANSIENT, 403 if isinstance(exc, Forbidden) else 400)
     if isinstance(exc, BadRequest):

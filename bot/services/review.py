@@ -191,7 +191,11 @@ def reply_posted_by_hand(
             to=Status.POSTED,
             **posted_fields("", now, tweet.claimed_at),
         ):
-            raise ReviewError(_refusal(tweet))
+            current = (
+                QueuedTweet.objects.filter(id=tweet.id).values_list("status", flat=True).first()
+            )
+            label = Status(current).label.lower() if current else "gone"
+            raise ReviewError(f"Only a handed-off reply can be marked posted; this one is {label}.")
         audit(
             tweet,
             Decision.Action.MARK_POSTED,

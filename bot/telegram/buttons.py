@@ -49,7 +49,7 @@ def parse(data: str) -> Press | None:
         act = Act(parts[0])
         if act is Act.PAGE:
             command, page = parts[1], int(parts[2])
-            return Press(act, command=command, page=page) if len(parts) == 3 else None
+            return Press(act, command=command, page=page) if len(parts) == 3 and page >= 1 else None
         numbers = [int(part) for part in parts[1:]]
     except (ValueError, IndexError):
         return None

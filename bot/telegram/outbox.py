@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -29,7 +30,7 @@ from bot.clients.telegram import TelegramClient
 from bot.models import ApprovalMessage, QueuedTweet, Status
 from bot.telegram.render import FINAL, render
 from resilience import CircuitOpenError, ServiceError
-from resilience.alerts import NotifierUnavailable
+from resilience.alerts import AlertKind, NotifierUnavailable, raise_alert
 from resilience.holds import held_until, hold
 
 __all__ = ["ask_owner", "owner_client", "send_alert", "take_turn"]
@@ -108,6 +109,10 @@ def send_alert(text: str) -> str:
         note_refusal(exc)
         if exc.kind is ErrorKind.TRANSIENT:
             raise NotifierUnavailable(str(exc)) from exc
+        if exc.kind is ErrorKind.AMBIGUOUS:
+            # Telegram may have shown it: sending it again could tell the owner twice.
+            log.warning("telegram: an alert was sent without a readable answer (%s)", exc)
+            return "unconfirmed"
         raise
 
 
@@ -196,9 +201,24 @@ def _release_send(
     own = isinstance(exc, ClientError) and exc.kind is ErrorKind.PERMANENT
     fields: dict[str, object] = {"sending_until": None, "last_error": str(exc)[:500]}
     rows = ApprovalMessage.objects.filter(queued_tweet=tweet, sending_until=claim)
-    if spend or own:
-        fields["send_attempts"] = F("send_attempts") + 1
-    rows.update(**fields)
+    if not (spend or own):
+        rows.update(**fields)
+        return
+    fields["send_attempts"] = F("send_attempts") + 1
+    with transaction.atomic():
+        rows.update(**fields)
+        if ApprovalMessage.objects.filter(
+            queued_tweet=tweet, send_attempts__gte=MAX_SEND_ATTEMPTS
+        ).exists():
+            raise_alert(
+                kind=AlertKind.TWEET_PROCESSING_FAILED,
+                subject="telegram approval message",
+                message=(
+                    f"The draft for {tweet.url} cannot be sent to Telegram ({exc}); decide "
+                    "on it in the admin under Queued tweets."
+                ),
+                details={"post": tweet.url, "error": str(exc)[:200]},
+            )
 
 
 def _update_shown(client: TelegramClient, now: datetime, counts: dict[str, int]) -> None:
@@ -210,9 +230,12 @@ def _update_shown(client: TelegramClient, now: datetime, counts: dict[str, int])
     )
     for message in shown:
         tweet = message.queued_tweet
-        rendering = render(tweet, now=now)
+        # The post's age as of the message's first sending: what changes a message is
+        # its tweet, never the clock.
+        rendering = render(tweet, now=message.sent_at or now)
         if rendering.fingerprint == message.rendered:
             continue
+        take_turn()  # edits count against Telegram's pace too
         try:
             client.edit_message(message.message_id, text=rendering.text, buttons=rendering.buttons)
         except ClientError as exc:

@@ -39,6 +39,7 @@ class Rendering:
 
 
 def render(tweet: QueuedTweet, *, now: datetime | None = None) -> Rendering:
+    """``now`` is when the message was first sent: the post's age is shown as of then."""
     now = now or timezone.now()
     header = _header(tweet, now)
     status = Status(tweet.status)

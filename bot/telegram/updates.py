@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from bot.clients.telegram import TelegramClient
+from bot.clients.telegram import TelegramClient, same_chat
 from bot.models import ApprovalMessage, Channel, QueuedTweet, Status, TelegramUpdate
 from bot.services.review import (
     InvalidEdit,
@@ -36,6 +36,7 @@ from bot.services.review import (
 from bot.telegram import commands
 from bot.telegram.buttons import Act, Press, parse
 from bot.telegram.render import FINAL, render
+from bot.text import clean_text
 from resilience import ServiceError
 
 __all__ = ["Sender", "handle", "handle_received", "receive"]
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 security = logging.getLogger("replyguy.security")
 
 HANDLE_LEASE = timedelta(minutes=2)
+MAX_UPDATE_ID = 2**63  # a BIGINT; Telegram's ids are far below
+KEEP_HANDLED = timedelta(days=2)  # Telegram redelivers for a day at most
 TOAST_LIMIT = 200  # characters Telegram shows in a button's answer
 
 
@@ -65,30 +68,43 @@ class Sender:
     def allowed(self) -> bool:
         """The configured chat, and in it the allowed users: by default the chat's own
         user (a private chat's id is its user's); a group needs TELEGRAM_ALLOWED_USER_IDS."""
-        chat = str(settings.TELEGRAM_CHAT_ID).strip()
-        if str(self.chat_id) != chat:
+        chat = settings.TELEGRAM_CHAT_ID
+        if not chat or not same_chat(self.chat_id, chat):
             return False
         allowed_users = settings.TELEGRAM_ALLOWED_USER_IDS or [chat]
-        return str(self.user_id) in {str(user) for user in allowed_users}
+        return any(same_chat(self.user_id, user) for user in allowed_users)
 
 
 def receive(payload: Any) -> bool:
     """Keep an update for handling; False for a redelivery or something not an update."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("update_id"), int):
+    update_id = payload.get("update_id") if isinstance(payload, dict) else None
+    if type(update_id) is not int or not 0 <= update_id < MAX_UPDATE_ID:
         log.warning("telegram: ignored a body that is not an update")
         return False
     try:
         with transaction.atomic():
-            TelegramUpdate.objects.create(update_id=payload["update_id"], payload=payload)
+            TelegramUpdate.objects.create(update_id=update_id, payload=_cleaned(payload))
     except IntegrityError:
         return False  # already kept: Telegram sent it again
     return True
+
+
+def _cleaned(value: Any) -> Any:
+    """The payload with every string storable (no NUL, which PostgreSQL's JSON refuses)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(key)): _cleaned(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(item) for item in value]
+    return value
 
 
 def handle_received(client: TelegramClient, *, limit: int = 50) -> int:
     """Handle kept updates in order; each on its own. Returns how many were handled."""
     handled = 0
     now = timezone.now()
+    TelegramUpdate.objects.filter(handled_at__lt=now - KEEP_HANDLED).delete()
     waiting = TelegramUpdate.objects.filter(handled_at__isnull=True).filter(
         Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
     )
@@ -221,9 +237,15 @@ def show(client: TelegramClient, tweet_id: int, pressed: int | None = None) -> N
     press on an older copy retires that copy, so only one message has live buttons.
     """
     tweet = QueuedTweet.objects.get(id=tweet_id)
-    rendering = render(tweet)
     message, _ = ApprovalMessage.objects.get_or_create(queued_tweet=tweet)
-    if pressed and message.message_id is None:
+    rendering = render(tweet, now=message.sent_at)
+    if (
+        pressed
+        and message.message_id is None
+        # A press carries its tweet's id only as data: a copy shown for another tweet
+        # is never taken over.
+        and not ApprovalMessage.objects.filter(message_id=pressed).exists()
+    ):
         ApprovalMessage.objects.filter(id=message.id, message_id__isnull=True).update(
             message_id=pressed, sent_at=timezone.now(), sending_until=None
         )
@@ -301,13 +323,14 @@ def _on_edited_text(
         return
     ApprovalMessage.objects.filter(id=prompt.id).update(edit_prompt_id=None, edit_version=None)
     # Shown for approval again at the bottom of the chat; the old message is retired.
-    rendering = render(tweet)
+    now = timezone.now()
+    rendering = render(tweet, now=now)
     new_id = client.send_approval(
         text=rendering.text, buttons=rendering.buttons, reply_to=message_id
     )
     old = prompt.message_id
     ApprovalMessage.objects.filter(id=prompt.id).update(
-        message_id=new_id, rendered=rendering.fingerprint, sent_at=timezone.now(), reminded_at=None
+        message_id=new_id, rendered=rendering.fingerprint, sent_at=now, reminded_at=None
     )
     if old and old != new_id:
         try:

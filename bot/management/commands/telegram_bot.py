@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from bot.clients.telegram import TelegramClient
 from bot.services import heartbeat
+from bot.services.notices import notice_service_error
 from bot.telegram.outbox import ask_owner
 from bot.telegram.updates import handle_received, receive
 from resilience import ServiceError
@@ -25,6 +26,7 @@ POLL_SECONDS = 10  # a long poll; Ctrl-C or SIGTERM ends the command within it
 OUTBOX_EVERY = 5.0  # seconds between two outbox passes (alerts, approval messages)
 WORKERS_EVERY = 60.0
 ERROR_PAUSE = 5.0
+CONFLICT_PAUSE = 30.0  # polling while a webhook is set: nothing to read until it is removed
 
 
 class Command(BaseCommand):
@@ -120,12 +122,26 @@ class Poller:
         try:
             updates = self.client.get_updates(offset=self.offset, timeout=poll_seconds)
         except ServiceError as exc:
-            log.warning("telegram: cannot read updates (%s); trying again shortly", exc)
-            time.sleep(ERROR_PAUSE if poll_seconds else 0)
+            conflict = exc.status == 409
+            log.warning(
+                "telegram: cannot read updates (%s); %s",
+                exc,
+                "a webhook is set or another poller runs: run `manage.py telegram_bot "
+                "--delete-webhook`, or stop this poller (webhook mode needs none)"
+                if conflict
+                else "trying again shortly",
+            )
+            if conflict:
+                notice_service_error(exc)
+            time.sleep((CONFLICT_PAUSE if conflict else ERROR_PAUSE) if poll_seconds else 0)
             updates = []
         for update in updates:
-            receive(update)
+            # Past it whatever happens: one update we cannot keep never blocks the rest.
             self.offset = max(self.offset or 0, int(update.get("update_id", 0)) + 1)
+            try:
+                receive(update)
+            except Exception:
+                log.exception("telegram: update %s could not be kept", update.get("update_id"))
         handle_received(self.client)
         if time.time() - self.last_workers_check >= WORKERS_EVERY:
             self.last_workers_check = time.time()
