@@ -238,6 +238,15 @@ MAX_POSTS_PER_DAY = env_int("MAX_POSTS_PER_DAY", 20, minimum=1)
 MIN_SPACING_MINUTES = env_int("MIN_SPACING_MINUTES", 3, minimum=0)
 MAX_REPLIES_PER_AUTHOR_PER_DAY = env_int("MAX_REPLIES_PER_AUTHOR_PER_DAY", 1, minimum=1)
 PUBLISHING_PAUSED = env_bool("PUBLISHING_PAUSED", False)
+# X bills every call (docs/operations.md has the prices). Unset: no limit. When today's
+# estimate reaches it, discovery stops until tomorrow; reconcile and publishing go on.
+X_DAILY_BUDGET_USD = env_float("X_DAILY_BUDGET_USD", 0.0, minimum=0) or None
+
+# --- Operations --------------------------------------------------------------------------
+# A bearer token /metrics requires when set (Authorization: Bearer <token>).
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+# "text" (one plain line per event) or "json" (one JSON object per line).
+LOG_FORMAT = env_choice("LOG_FORMAT", "text", ["text", "json"])
 
 # --- Discovery and drafting ---------------------------------------------------------------
 PERSONA = env_str(
