@@ -308,26 +308,34 @@ CSRF_COOKIE_SECURE = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "resilience.events.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    # These libraries log request URLs and headers, which carry the Telegram bot token
-    # and X bearer token; they stay quiet whatever LOG_LEVEL says.
     "loggers": {
-        name: {"level": "WARNING"}
-        for name in (
-            "httpx",
-            "httpcore",
-            "httpx2",
-            "httpcore2",
-            "tweepy",
-            "requests_oauthlib",
-            "oauthlib",
-            "openai",
-            "telegram",
-        )
+        # django-q2 logs every task it enqueues and runs at INFO: off unless asked for.
+        "django-q": {"level": env_choice("Q_LOG_LEVEL", "WARNING", LOG_LEVELS)},
+        # These libraries log request URLs and headers, which carry the Telegram bot token
+        # and X bearer token; they stay quiet whatever LOG_LEVEL says.
+        **{
+            name: {"level": "WARNING"}
+            for name in (
+                "httpx",
+                "httpcore",
+                "httpx2",
+                "httpcore2",
+                "tweepy",
+                "requests_oauthlib",
+                "oauthlib",
+                "openai",
+                "telegram",
+            )
+        },
     },
 }
