@@ -43,6 +43,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from resilience.events import event as log_event
 from resilience.models import AlertCooldown, AlertEvent, AlertStatus
 from resilience.registry import get_breaker
 from resilience.state import State
@@ -134,10 +135,15 @@ def raise_alert(
     now = timezone.now() if now is None else now
     try:
         with transaction.atomic():
-            return _record(kind, subject, _scrub(message), _plain(details), now)
+            recorded = _record(kind, subject, _scrub(message), _plain(details), now)
     except Error as exc:  # the database's: a lost connection is an InterfaceError too
         log.error("alert %s (%s) not recorded: %s", kind, subject, _short(exc))
         return None
+    if recorded is None:
+        log_event("alert_suppressed", kind=kind, subject=subject, why="cooldown")
+    else:
+        log_event("alert_raised", alert=recorded.id, kind=kind, subject=subject)
+    return recorded
 
 
 def _record(
@@ -351,6 +357,7 @@ def _deliver(event: AlertEvent, notifier: Notifier, now: datetime) -> str:
         next_attempt_at=None,
         last_error="",
     )
+    log_event("alert_sent", alert=event.id, kind=event.kind, subject=event.subject)
     return _SENT
 
 

@@ -20,6 +20,7 @@ from bot.services.dead_letters import Stage, dead_letter_resolve, fail
 from bot.services.notices import as_configuration_error, item_succeeded, notice_service_error
 from bot.services.transitions import NO_ERROR, next_draft_version, transition
 from resilience import ServiceError
+from resilience.events import event
 
 if TYPE_CHECKING:
     from bot.clients.llm import LLMClient
@@ -101,6 +102,13 @@ def reply_draft(tweet: QueuedTweet, llm: LLMClient) -> Outcome:
                     lease=tweet.lease_until,
                     skip_reason=f"relevance {score:.2f} below {settings.RELEVANCE_THRESHOLD}",
                 )
+                event(
+                    "skipped",
+                    tweet=tweet.id,
+                    post=tweet.target_tweet_id,
+                    why="relevance",
+                    score=f"{score:.2f}",
+                )
                 return Outcome.SKIPPED
         variants = llm.draft_replies(
             post_text=tweet.text,
@@ -135,6 +143,7 @@ def reply_draft(tweet: QueuedTweet, llm: LLMClient) -> Outcome:
     item_succeeded(Stage.DRAFT, "llm")
     if moved:
         dead_letter_resolve(tweet)
+        event("drafted", tweet=tweet.id, post=tweet.target_tweet_id, variants=len(variants))
     return Outcome.DRAFTED
 
 

@@ -45,6 +45,7 @@ from bot.services.notices import as_configuration_error, item_succeeded, notice_
 from bot.services.reconciling import our_replies_refresh, report_unreadable_timeline
 from bot.services.transitions import UNCLAIMED, audit, posted_fields, remember_our_reply, transition
 from resilience import ServiceError
+from resilience.events import event
 
 if TYPE_CHECKING:
     from bot.clients.x import XClient
@@ -60,6 +61,10 @@ class Screen(enum.StrEnum):
     ANSWERED = "already_answered"
     OPTED_OUT = "opted_out"
     TOO_OLD = "too_old"
+
+
+def reply_link(reply_id: str) -> str:
+    return f"https://x.com/i/web/status/{reply_id}"
 
 
 def handoff_link(tweet: QueuedTweet) -> str:
@@ -111,8 +116,13 @@ def hand_off_due(*, now: datetime | None = None) -> int:
     handed = 0
     for tweet in through_handoff(due_replies(now)):
         try:
-            if _screened(tweet, now) is None:
-                handed += transition(tweet.id, expected=Status.APPROVED, to=Status.HANDOFF)
+            if _screened(tweet, now) is None and transition(
+                tweet.id, expected=Status.APPROVED, to=Status.HANDOFF
+            ):
+                handed += 1
+                event(
+                    "handed_off", tweet=tweet.id, post=tweet.target_tweet_id, why="X's reply rule"
+                )
         except Exception as exc:
             log.exception("handoff: reply %s could not be handed off", tweet.id)
             spend_attempt(tweet, expected=Status.APPROVED, now=now, **_crash(exc))
@@ -231,6 +241,7 @@ def _withdraw(tweet: QueuedTweet, to: Status, action: Decision.Action, reason: s
     with transaction.atomic():
         if transition(tweet.id, expected=Status.APPROVED, to=to, skip_reason=reason):
             audit(tweet, action, actor=SYSTEM, channel=Channel.SYSTEM, before=tweet.draft)
+            event("not_sent", tweet=tweet.id, post=tweet.target_tweet_id, status=to, why=reason)
 
 
 # --- step 2: send ---------------------------------------------------------------------------
@@ -307,9 +318,11 @@ def reply_record(tweet: QueuedTweet, answer: Answer, x: XClient) -> Status:
     if exc.kind is ErrorKind.TRANSIENT:
         return _wait_for_service(tweet, now, exc)
     if exc.kind is ErrorKind.NOT_PERMITTED:
+        event("handed_off", tweet=tweet.id, post=tweet.target_tweet_id, why=str(exc))
         return _release(tweet, Status.HANDOFF, exc, **UNCLAIMED)
     if exc.kind is ErrorKind.AMBIGUOUS:
         # The call is over: judge it after X's timeline lag, not after the lease.
+        event("outcome_unknown", tweet=tweet.id, post=tweet.target_tweet_id, error=str(exc))
         return _release(tweet, Status.UNKNOWN, exc, lease_until=now)
     assert isinstance(exc, ClientError)
     return _item_failure(tweet, now, exc, x)
@@ -337,6 +350,7 @@ def _mark_posted(tweet: QueuedTweet, reply_id: str, now: datetime) -> Status:
         )
         return current
     dead_letter_resolve(tweet)
+    event("published", tweet=tweet.id, post=tweet.target_tweet_id, link=reply_link(reply_id))
     return Status.POSTED
 
 

@@ -13,6 +13,7 @@ from bot.models import Channel, Decision, QueuedTweet, Status
 from bot.replies import InvalidReply, validate_reply
 from bot.services.scheduling import reply_schedule
 from bot.services.transitions import audit, next_draft_version, posted_fields, transition
+from resilience.events import event
 
 __all__ = [
     "InvalidEdit",
@@ -84,6 +85,15 @@ def reply_approve(
     tweet.status, tweet.draft, tweet.approved_at = Status.APPROVED, final, now
     tweet.approved_by, tweet.approved_via = actor, channel
     tweet.scheduled_at = reply_schedule(tweet)
+    event(
+        "edited_and_approved" if edited else "approved",
+        tweet=tweet.id,
+        post=tweet.target_tweet_id,
+        by=actor,
+        via=channel,
+        version=version,
+        goes_out=tweet.scheduled_at.isoformat(timespec="minutes") if tweet.scheduled_at else None,
+    )
     return tweet
 
 
@@ -121,6 +131,7 @@ def reply_revise(
             after=final,
             reference=reference,
         )
+    event("revised", tweet=tweet.id, post=tweet.target_tweet_id, by=actor, via=channel)
     return QueuedTweet.objects.get(id=tweet.id)
 
 
@@ -146,6 +157,7 @@ def reply_regenerate(
             before=tweet.draft,
             reference=reference,
         )
+    event("regenerate_asked", tweet=tweet.id, post=tweet.target_tweet_id, by=actor, via=channel)
 
 
 def reply_reject(
@@ -173,6 +185,7 @@ def reply_reject(
             before=tweet.draft,
             reference=reference,
         )
+    event("rejected", tweet=tweet.id, post=tweet.target_tweet_id, by=actor, via=channel)
 
 
 def reply_posted_by_hand(
@@ -204,6 +217,7 @@ def reply_posted_by_hand(
             after=tweet.draft,
             reference=reference,
         )
+    event("posted_by_hand", tweet=tweet.id, post=tweet.target_tweet_id, by=actor, via=channel)
 
 
 def _checked(text: str | None) -> str:

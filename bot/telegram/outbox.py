@@ -31,6 +31,7 @@ from bot.models import ApprovalMessage, QueuedTweet, Status
 from bot.telegram.render import FINAL, render
 from resilience import CircuitOpenError, ServiceError
 from resilience.alerts import AlertKind, NotifierUnavailable, raise_alert
+from resilience.events import event
 from resilience.holds import held_until, hold
 
 __all__ = ["ask_owner", "owner_client", "send_alert", "take_turn"]
@@ -179,6 +180,7 @@ def _send_new(client: TelegramClient, now: datetime, limit: int, counts: dict[st
             sending_until=None,
             last_error="",
         )
+        event("asked_owner", tweet=tweet.id, post=tweet.target_tweet_id, message=message_id)
         counts["sent"] += 1
 
 

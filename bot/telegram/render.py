@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from bot.models import QueuedTweet, Status
 from bot.selectors import through_api
-from bot.services.publishing import handoff_link
+from bot.services.publishing import handoff_link, reply_link
 from bot.telegram.buttons import Act, button
 
 # Statuses whose message is final: it is never edited again.
@@ -119,7 +119,7 @@ def _outcome(tweet: QueuedTweet) -> str:
         return "📤 Publishing now…"
     if status == Status.POSTED:
         if tweet.reply_tweet_id:
-            return f"✅ Posted: https://x.com/i/web/status/{tweet.reply_tweet_id}"
+            return f"✅ Posted: {reply_link(tweet.reply_tweet_id)}"
         return "✅ Posted (by hand)."
     if status == Status.UNKNOWN:
         return "❔ Sent to X without a clear answer; checking our timeline before anything else."
