@@ -384,3 +384,30 @@ class TelegramUpdate(models.Model):
 
     def __str__(self) -> str:
         return f"update {self.update_id}"
+
+
+class XUsage(models.Model):
+    """X calls of one UTC day to one endpoint, and what they are estimated to cost.
+
+    Written only by ``bot.services.x_usage.record``, an atomic increment in the
+    database, so every process and machine adds to the same row and none is lost.
+    """
+
+    day = models.DateField(help_text="The UTC day: X bills by UTC day.")
+    endpoint = models.CharField(max_length=40)
+    calls = models.PositiveBigIntegerField(default=0)
+    units = models.PositiveBigIntegerField(default=0, help_text="Posts or users X returned.")
+    cost_micros = models.PositiveBigIntegerField(
+        default=0, help_text="Estimated cost in millionths of a US dollar."
+    )
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "X usage"
+        verbose_name_plural = "X usage"
+        constraints = [
+            models.UniqueConstraint(fields=["day", "endpoint"], name="x_usage_one_row_per_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.endpoint}: {self.calls} calls"

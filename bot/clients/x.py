@@ -29,6 +29,12 @@ Text from X (post text, usernames, names) is passed through ``clean_text`` on th
 tweepy hard-codes ``https://api.twitter.com`` and sets no timeout, so an adapter on its
 session rewrites that prefix to ``base_url`` and applies ``timeout`` to every request.
 It retries nothing: ``wait_on_rate_limit`` stays off and the pipeline reschedules.
+
+Every request that reaches X is told to the ``meter`` (``bot.services.x_usage`` when
+built ``from_settings``) with the endpoint, the units X returned (posts or users in
+``data``; 0 for a failed call) and X's price per unit for that call: a failed call
+still counts as a call. Held calls and calls the open breaker refuses send nothing and
+count nothing; so does a connection that certainly never reached X.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from requests.utils import get_environ_proxies
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
 from bot.clients.errors import ClientError, ErrorKind, Reason
+from bot.replies import links_in
 from bot.text import clean_text
 from resilience import CircuitBreaker, get_breaker, holds
 from resilience.errors import CONFIGURATION_HOLD
@@ -100,8 +107,23 @@ READ_ONLY_PROBLEM = "oauth1-permissions"
 UNSUPPORTED_AUTH_PROBLEM = "unsupported-authentication"
 NOT_ENROLLED_PROBLEM = "client-forbidden"
 
+# X's pay-per-use prices in US dollars per unit (developer docs, 2026-08; see
+# ../shared/reference/x-api-2026.md): a unit is a post or user returned, or a post made.
+POST_READ = 0.005  # a post returned by a public read: a target's timeline, search, a lookup
+USER_READ = 0.010  # a user returned: our account, a target's lookup
+OWNED_READ = 0.001  # a post of our own timeline or of our mentions
+POST_CREATE = 0.015  # an ordinary post; X lists no price for deleting one
+POST_WITH_URL = 0.20  # a post holding a link, instead of the price of its kind
+# A reply to a post whose author summoned us (mentioned or quoted us). Since 2026-02 it
+# is the only reply X accepts through the API on self-serve plans, so every reply we
+# make is priced so (POST_CREATE would apply only on an exempt Enterprise plan, which
+# X does not bill per use); one holding a link costs POST_WITH_URL.
+SUMMONED_REPLY = 0.010
+
 T = TypeVar("T")
 Timeout = float | tuple[float, float]
+# (endpoint, units returned, USD per unit): told once per request that reached X.
+Meter = Callable[[str, int, float], None]
 
 
 @dataclass(frozen=True)
@@ -179,11 +201,12 @@ class XClient:
         breaker: CircuitBreaker | None = None,
         me: User | None = None,
         clock: Callable[[], float] = time.time,
+        meter: Meter | None = None,
     ) -> None:
         """``me``: our account if already known (it costs a paid user read to ask).
 
         ``clock``: Unix seconds, the time base of X's resets and of holds (tests pass the
-        sandbox's clock).
+        sandbox's clock). ``meter``: told of every request that reached X (see above).
         """
         self.base_url = base_url.rstrip("/")
         self._breaker = breaker if breaker is not None else get_breaker(BREAKER)
@@ -204,6 +227,7 @@ class XClient:
         self._limits: dict[str, RateLimit] = {}
         self._lock = threading.Lock()
         self._me: User | None = me
+        self._meter = meter
 
     @classmethod
     def from_settings(
@@ -211,9 +235,15 @@ class XClient:
     ) -> XClient:
         """The client Reply Guy's settings describe; ``ImproperlyConfigured`` naming every
         credential that is missing."""
+        from bot.services import x_usage
+
         missing = [name for name in CREDENTIAL_SETTINGS if not getattr(settings, name, "")]
         if missing:
             raise ImproperlyConfigured(f"X is not configured: set {', '.join(missing)}")
+
+        def count(endpoint: str, units: int, price: float) -> None:
+            x_usage.record(endpoint, units=units, unit_price_usd=price)
+
         return cls(
             base_url=settings.X_API_BASE_URL,
             bearer_token=settings.X_BEARER_TOKEN,
@@ -223,6 +253,7 @@ class XClient:
             access_token_secret=settings.X_ACCESS_TOKEN_SECRET,
             breaker=breaker,
             me=me,
+            meter=count,
         )
 
     def close(self) -> None:
@@ -249,6 +280,7 @@ class XClient:
                 lambda: self._tweepy.get_me(user_auth=True, user_fields=USER_FIELDS),
                 lambda body: _user(body["data"]),
                 user_auth=True,
+                price=USER_READ,
             )
         return self._me
 
@@ -267,6 +299,7 @@ class XClient:
                     ),
                     _users_by_name,
                     user_auth=user,
+                    price=USER_READ,
                 )
             )
         return found
@@ -281,6 +314,7 @@ class XClient:
                 lambda: self._tweepy.get_tweet(post_id, user_auth=user),
                 _visible,
                 user_auth=user,
+                price=POST_READ,
             )
         except ClientError as exc:
             # X's own 404 problem; a 404 that is not X's is CONFIGURATION and goes up.
@@ -357,6 +391,7 @@ class XClient:
             ),
             _page,
             user_auth=True,
+            price=OWNED_READ,
         )
 
     def search_recent(
@@ -384,6 +419,7 @@ class XClient:
             ),
             _page,
             user_auth=user,
+            price=POST_READ,
         )
 
     def _timeline(
@@ -415,6 +451,7 @@ class XClient:
             ),
             _page,
             user_auth=user,
+            price=OWNED_READ if owned else POST_READ,
         )
 
     # --- writes ------------------------------------------------------------------------
@@ -432,6 +469,7 @@ class XClient:
             lambda body: str(body["data"]["id"]),
             user_auth=True,
             write=True,
+            price=POST_WITH_URL if links_in(text) else SUMMONED_REPLY,
         )
 
     def delete_post(self, post_id: str) -> None:
@@ -447,6 +485,7 @@ class XClient:
             deleted,
             user_auth=True,
             write=True,
+            price=0.0,  # X lists no price for deleting a post
         )
 
     # --- the one path every call takes ---------------------------------------------------
@@ -458,8 +497,10 @@ class XClient:
         parse: Callable[[dict[str, Any]], T],
         *,
         user_auth: bool,
+        price: float,
         write: bool = False,
     ) -> T:
+        """``price``: X's USD per unit returned by this call (``bot.services.x_usage``)."""
         # X limits each endpoint per token: our user token and the app's bearer token
         # have separate windows, so each is held on its own.
         key = HOLD_KEY.format(endpoint=endpoint, scope="user" if user_auth else "app")
@@ -469,7 +510,7 @@ class XClient:
             raise _held(endpoint, until)
         try:
             # The mapping runs inside the breaker call so the breaker judges ClientErrors.
-            return self._breaker.call(self._attempt, endpoint, send, parse, write)
+            return self._breaker.call(self._attempt, endpoint, send, parse, write, price)
         except ClientError as exc:
             if exc.reason == Reason.RATE_LIMITED and exc.retry_at is not None:
                 holds.hold(key, exc.retry_at, now=self._clock())
@@ -481,13 +522,17 @@ class XClient:
         send: Callable[[], requests.Response],
         parse: Callable[[dict[str, Any]], T],
         write: bool,
+        price: float,
     ) -> T:
         try:
             response = send()
         except tweepy.HTTPException as exc:
+            self._count(endpoint, 0, price)
             self._record_limits(endpoint, exc.response)
             raise _http_error(exc.response, write=write, now=self._clock()) from exc
         except requests.RequestException as exc:
+            if not _never_sent(exc):
+                self._count(endpoint, 0, price)
             raise _network_error(exc, write=write) from exc
         except tweepy.TweepyException as exc:  # refused before anything was sent
             raise ClientError(str(exc), kind=ErrorKind.PERMANENT, service=SERVICE) from exc
@@ -496,9 +541,18 @@ class XClient:
             body = response.json()
             if not isinstance(body, dict):
                 raise TypeError(f"expected a JSON object, got {type(body).__name__}")
+        except (ValueError, TypeError) as exc:
+            self._count(endpoint, 0, price)
+            raise _malformed(response.status_code, exc, write=write) from exc
+        self._count(endpoint, _units(body), price)
+        try:
             return parse(body)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise _malformed(response.status_code, exc, write=write) from exc
+
+    def _count(self, endpoint: str, units: int, price: float) -> None:
+        if self._meter is not None:
+            self._meter(endpoint, units, price)
 
     def _record_limits(self, endpoint: str, response: requests.Response) -> None:
         limit = _rate_limit(response.headers)
@@ -790,6 +844,14 @@ def _rate_limit(headers: Any) -> RateLimit | None:
 
 
 # --- parsing answers -----------------------------------------------------------------------
+
+
+def _units(body: dict[str, Any]) -> int:
+    """What X bills in an answer: the posts or users in ``data`` (one object, or a list)."""
+    data = body.get("data")
+    if isinstance(data, list):
+        return len(data)
+    return 1 if isinstance(data, dict) and data else 0
 
 
 def _user(data: dict[str, Any]) -> User:

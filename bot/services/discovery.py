@@ -6,6 +6,11 @@ read cut short resumes where it stopped instead of paying for its pages again. S
 are read least recently read first, so a rate limit never starves the same ones.
 Posts we will not answer are kept as ``skipped`` with the reason, so they are never
 fetched and judged twice.
+
+Discovery is the one stage that spends X's money on its own initiative, so it is the
+one that stops when today's estimate reaches ``X_DAILY_BUDGET_USD``
+(``bot.services.x_usage``): checked before every page, until 00:00 UTC, with one
+alert a day. Reconcile and publishing go on: they keep our replies safe.
 """
 
 from __future__ import annotations
@@ -32,14 +37,16 @@ from bot.models import (
     Status,
     TargetAccount,
 )
+from bot.services import x_usage
 from bot.services.account import our_account
 from bot.services.cursors import Fetch, read_to_cursor
 from bot.services.notices import notice_service_error
 from resilience import ServiceError
 from resilience.alerts import AlertKind, raise_alert
+from resilience.models import AlertEvent
 
 if TYPE_CHECKING:
-    from bot.clients.x import Post, User, XClient
+    from bot.clients.x import Page, Post, User, XClient
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,10 @@ log = logging.getLogger(__name__)
 # share that window, and stop when only this much is left.
 OUR_TIMELINE_RESERVE = 10
 WINDOW_KEY = "replyguy:x:window:user_tweets"
+
+
+class BudgetReached(Exception):
+    """Today's X budget is spent: no more discovery reads until the next UTC day."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,9 @@ def discover_all(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
     """One pass over every source. X being unavailable leaves every cursor where it was."""
     now = now or timezone.now()
     counts = {"found": 0, "queued": 0, "skipped": 0}
+    if x_usage.budget_reached(now):
+        _budget_spent(now)
+        return {**counts, "budget_reached": 1}
     try:
         me = our_account(x)
         feeds = _feeds(x, me.id)
@@ -76,6 +90,10 @@ def discover_all(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
         # One source failing, for any reason, never stops the others; its cursor stays.
         try:
             found, queued = _read(feed, me, now)
+        except BudgetReached:
+            _budget_spent(now)
+            counts["budget_reached"] = 1
+            break
         except ServiceError as exc:
             log.warning("discover: %s not read, will try again: %s", feed.key, exc)
             notice_service_error(exc)
@@ -92,6 +110,33 @@ def discover_all(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
         counts["queued"] += queued
         counts["skipped"] += found - queued
     return counts
+
+
+def _budget_spent(now: datetime) -> None:
+    """Say once a day that discovery stopped for the budget (the day is the subject)."""
+    day = x_usage.day_of(now)
+    log.warning("discover: today's X budget is spent; no reads until 00:00 UTC")
+    if AlertEvent.objects.filter(kind=AlertKind.X_BUDGET_REACHED, subject=str(day)).exists():
+        return  # told already today: the cooldown alone would repeat it hourly
+    usage = x_usage.usage_today(now)
+    budget = settings.X_DAILY_BUDGET_USD
+    raise_alert(
+        kind=AlertKind.X_BUDGET_REACHED,
+        subject=str(day),
+        message=(
+            f"X usage today is estimated at ${usage.cost_usd:.2f}, the daily budget of "
+            f"${budget:.2f} (X_DAILY_BUDGET_USD): discovery stops until 00:00 UTC. "
+            "Publishing and reconciling go on."
+        ),
+        details={
+            "day (UTC)": str(day),
+            "calls": usage.calls,
+            "estimated cost (USD)": f"{usage.cost_usd:.4f}",
+            "budget (USD)": f"{budget:.2f}",
+            "reads again at": x_usage.next_day_starts(now).isoformat(),
+        },
+        now=now,
+    )
 
 
 def _timeline_window_low(x: XClient) -> bool:
@@ -201,6 +246,12 @@ def _read(feed: Feed, me: User, now: datetime) -> tuple[int, int]:
     oldest_wanted = now - timedelta(hours=settings.MAX_POST_AGE_HOURS)
     counts = [0, 0]
 
+    def fetch(since: str | None, until: str | None, token: str | None) -> Page:
+        # Each page is paid for: the budget is looked at before every one.
+        if x_usage.budget_reached(now):
+            raise BudgetReached
+        return feed.fetch(since, until, token)
+
     def keep(posts: list[Post]) -> None:
         found, queued = _save(feed, posts, me, now)
         counts[0] += found
@@ -208,7 +259,7 @@ def _read(feed: Feed, me: User, now: datetime) -> tuple[int, int]:
 
     read_to_cursor(
         feed.key,
-        feed.fetch,
+        fetch,
         keep,
         enough=lambda page, cursor: min(p.created_at for p in page.posts) < oldest_wanted,
     )

@@ -9,11 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 
 from bot.models import Channel, FailedTweet, FailedTweetStatus, QueuedTweet, Status, TargetAccount
 from bot.selectors import publishing_paused
+from bot.services import x_usage
 from bot.services.control import ControlError, set_publishing_paused, target_add, target_remove
 from bot.services.dead_letters import dead_letter_retry_now
 from bot.telegram.buttons import page_button
@@ -36,7 +38,7 @@ class Reply:
 
 
 HELP = """Reply Guy commands
-/status: health, breakers, queue and dead-letter counts
+/status: health, breakers, queue and dead-letter counts, X usage today
 /queue [page]: replies waiting (decision, publishing, handoff)
 /dlq [page]: failed replies
 /retry <id>: send failed reply <id> (from /dlq) back through its stage
@@ -112,10 +114,21 @@ def _status(args: list[str], sender: Sender) -> Reply:
             or "none"
         )
     )
-    today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
-    posted_today = QueuedTweet.objects.filter(status=Status.POSTED, posted_at__gte=today).count()
-    lines.append(f"Posted today: {posted_today}")
+    lines.append(_x_usage_line())
     return Reply("\n".join(lines))
+
+
+def _x_usage_line() -> str:
+    """X calls and their estimated cost today (X's day: UTC), and the budget if set."""
+    usage = x_usage.usage_today()
+    line = f"X today (UTC): {usage.calls} calls, about ${usage.cost_usd:.2f}"
+    budget = settings.X_DAILY_BUDGET_USD
+    if budget is None:
+        return line + " (no daily budget)"
+    line += f" of the ${budget:.2f} budget"
+    if x_usage.budget_reached():
+        line += "; reached: discovery waits until 00:00 UTC"
+    return line
 
 
 def _queue(args: list[str], sender: Sender) -> Reply:
