@@ -93,3 +93,36 @@ class AlertCooldown(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.subject}"
+
+
+class CallOutcome(models.TextChoices):
+    # The service answered: a success, or an item-level refusal the breaker does not count.
+    OK = "ok", "Answered"
+    # The breaker refused the call: it never reached the service.
+    REJECTED = "rejected", "Refused by the open breaker"
+
+
+class CallCount(models.Model):
+    """Calls through a shared circuit breaker, by outcome, added up across processes.
+
+    Each process adds what it counted at most every ``CircuitBreaker.report_every``
+    seconds with one ``UPDATE ... SET calls = calls + n`` (``resilience.calls``), so any
+    number of processes count into the same row and none is lost. Service failures are
+    not here: the breaker's own state counts them (``total_failures``).
+    """
+
+    breaker = models.CharField(max_length=64)
+    outcome = models.CharField(max_length=10, choices=CallOutcome.choices)
+    calls = models.PositiveBigIntegerField(default=0)
+    # For ``ok``: when the service last answered (at most a snapshot TTL early).
+    last_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "resilience_call_count"
+        constraints = [
+            models.UniqueConstraint(fields=["breaker", "outcome"], name="resilience_call_count_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.breaker} {self.outcome}: {self.calls}"
