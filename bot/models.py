@@ -230,6 +230,8 @@ class FailedTweetStatus(models.TextChoices):
     EXHAUSTED = "exhausted", "Retries exhausted"
     RESOLVED = "resolved", "Resolved"
     DISCARDED = "discarded", "Discarded"
+    # Set aside by the owner: no automatic retries, kept until they retry or discard it.
+    PARKED = "parked", "Parked"
 
 
 class FailedTweet(models.Model):
@@ -321,7 +323,9 @@ class OperatorAction(models.Model):
         RESUME = "resume", "Resumed publishing"
         ADD_TARGET = "add_target", "Added a target account"
         REMOVE_TARGET = "remove_target", "Removed a target account"
-        RETRY = "retry", "Retried a failed reply"
+        RETRY = "retry", "Retried failed replies"
+        DISCARD = "discard", "Discarded failed replies"
+        PARK = "park", "Parked failed replies"
 
     action = models.CharField(max_length=16, choices=Action.choices)
     actor = models.CharField(max_length=150)

@@ -2,20 +2,31 @@
 
 The publish stage asks ``earliest_allowed`` with the publish times it counted in the
 database (under a lock, so every worker sees the same counts); scheduling asks it for
-the first time a newly approved reply may go.
+the first time a newly approved reply may go. ``allowed_at`` gives the same answer with
+the rules that moved it and how far (``Hold``): what the owner is told a reply waits for.
 """
 
 from __future__ import annotations
 
+import enum
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
-__all__ = ["Pacing", "earliest_allowed", "in_quiet_hours", "quiet_hours_end"]
+__all__ = [
+    "Allowed",
+    "Hold",
+    "Pacing",
+    "Rule",
+    "allowed_at",
+    "earliest_allowed",
+    "in_quiet_hours",
+    "quiet_hours_end",
+]
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -71,6 +82,32 @@ def quiet_hours_end(when: datetime, pacing: Pacing) -> datetime:
     return end.astimezone(when.tzinfo)
 
 
+class Rule(enum.StrEnum):
+    """A pacing rule that can hold a reply back, named as the owner reads it."""
+
+    QUIET_HOURS = "quiet hours"
+    SPACING = "spacing"
+    HOURLY_CAP = "hourly cap"
+    DAILY_CAP = "daily cap"
+    AUTHOR_CAP = "author cap"
+
+
+@dataclass(frozen=True)
+class Hold:
+    """``rule`` moved the reply to ``until``."""
+
+    rule: Rule
+    until: datetime
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The first allowed time and the holds that led there, in the order they applied."""
+
+    at: datetime
+    holds: tuple[Hold, ...] = ()
+
+
 def earliest_allowed(
     when: datetime,
     pacing: Pacing,
@@ -83,21 +120,48 @@ def earliest_allowed(
     ``published`` are the claim times of every reply in the last day (all workers);
     ``author_published`` those to this post's author. A cap of 0 means no publishing.
     """
+    return allowed_at(when, pacing, published, author_published, author_cap).at
+
+
+def allowed_at(
+    when: datetime,
+    pacing: Pacing,
+    published: Sequence[datetime],
+    author_published: Sequence[datetime] = (),
+    author_cap: int = 1,
+) -> Allowed:
+    """``earliest_allowed``, with the rules that moved ``when`` and the time each allowed."""
     if pacing.per_hour == 0 or pacing.per_day == 0:
         raise ValueError("a cap of 0 allows no publishing")
     times = sorted(published)
     mine = sorted(author_published)
+
+    def spaced(moment: datetime) -> datetime:
+        for earlier in times:
+            if abs(moment - earlier) < pacing.spacing:
+                moment = max(moment, earlier + pacing.spacing)
+        return moment
+
+    rules: list[tuple[Rule, Callable[[datetime], datetime]]] = [
+        (Rule.QUIET_HOURS, lambda moment: quiet_hours_end(moment, pacing)),
+        (Rule.SPACING, spaced),
+        (Rule.HOURLY_CAP, lambda moment: _after_cap(moment, times, HOUR, pacing.per_hour)),
+        (Rule.DAILY_CAP, lambda moment: _after_cap(moment, times, DAY, pacing.per_day)),
+        (Rule.AUTHOR_CAP, lambda moment: _after_cap(moment, mine, DAY, author_cap)),
+    ]
+    holds: list[Hold] = []
     candidate = when
     for _ in range(1000):  # each step moves forward; the bound is a guard, never reached
-        moved = quiet_hours_end(candidate, pacing)
-        for earlier in times:
-            if abs(moved - earlier) < pacing.spacing:
-                moved = max(moved, earlier + pacing.spacing)
-        moved = _after_cap(moved, times, HOUR, pacing.per_hour)
-        moved = _after_cap(moved, times, DAY, pacing.per_day)
-        moved = _after_cap(moved, mine, DAY, author_cap)
+        moved = candidate
+        for rule, apply in rules:
+            later = apply(moved)
+            if later != moved:
+                if holds and holds[-1].rule is rule:
+                    holds.pop()  # the same rule again: only how far it went counts
+                holds.append(Hold(rule, later))
+                moved = later
         if moved == candidate:
-            return candidate
+            return Allowed(candidate, tuple(holds))
         candidate = moved
     raise RuntimeError("pacing did not settle")  # pragma: no cover
 

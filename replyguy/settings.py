@@ -34,6 +34,9 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"] if DEBUG el
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
+    # Before the admin, so bot/templates/admin/base_site.html (the paused banner on every
+    # admin page) overrides the admin's own.
+    "bot",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -43,7 +46,6 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_q",
     "resilience",
-    "bot",
 ]
 
 MIDDLEWARE = [

@@ -59,6 +59,8 @@ class AlertEvent(models.Model):
     last_error = models.CharField(max_length=300, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     delivered_ref = models.CharField(max_length=64, blank=True)  # the notifier's message id
+    # When staff marked it seen in the admin: the dashboard shows the unseen first.
+    seen_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "resilience_alert"

@@ -36,7 +36,10 @@ def test_page_lists_every_configured_breaker_with_its_state(admin_client):
     [("force_open", "forced_open"), ("force_closed", "forced_closed"), ("disable", "disabled")],
 )
 def test_actions_change_the_shared_state(admin_client, action, state):
-    response = admin_client.post(URL, {"action": action, "breaker": "twitter_api"}, follow=True)
+    # Force open and disable ask first (tests/test_admin_desk.py); this is the "yes".
+    response = admin_client.post(
+        URL, {"action": action, "breaker": "twitter_api", "confirmed": "yes"}, follow=True
+    )
     assert response.status_code == 200
     assert f"twitter_api is now {state}" in response.content.decode()
     assert get_breaker("twitter_api").state == state

@@ -6,9 +6,11 @@ import enum
 import logging
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from bot.models import (
@@ -21,10 +23,20 @@ from bot.models import (
     Status,
 )
 from bot.policy import DEAD_LETTER_FIRST_DELAY, DEAD_LETTER_RETRIES, MAX_PUBLISH_ATTEMPTS, backoff
+from bot.services.review import _checked as checked_edit
 from bot.services.transitions import SETTLED, UNCLAIMED, audit, transition
 from resilience.alerts import AlertKind, raise_alert
 
 log = logging.getLogger(__name__)
+
+# An operator may send these back now: waiting for a retry, given up on, or set aside.
+RETRYABLE = [FailedTweetStatus.PENDING, FailedTweetStatus.EXHAUSTED, FailedTweetStatus.PARKED]
+# And may park or discard these (a row being retried waits for its stage's verdict).
+OPEN = RETRYABLE
+
+
+class DeadLetterError(Exception):
+    """The operator's action cannot be applied; the message says why."""
 
 
 class Stage(enum.StrEnum):
@@ -203,55 +215,252 @@ def dead_letter_retry_now(failure_id: int, *, actor: str, channel: Channel) -> s
     Only an item still failed goes back: one already posted, handed off or whose outcome
     is unknown is left alone (retrying it could answer a post twice).
     """
-    now = timezone.now()
     failure = FailedTweet.objects.filter(id=failure_id).select_related("queued_tweet").first()
     if failure is None:
         return f"There is no failed reply #{failure_id}."
     with transaction.atomic():
-        claimed = FailedTweet.objects.filter(
-            id=failure.id, status__in=[FailedTweetStatus.PENDING, FailedTweetStatus.EXHAUSTED]
-        ).update(status=FailedTweetStatus.RETRYING, last_retry_at=now, updated_at=now)
-        if not claimed or not _send_back(failure, now):
-            transaction.set_rollback(True)
-            state = failure.get_status_display().lower()
-            post = failure.queued_tweet.get_status_display().lower()
-            return f"Failed reply #{failure_id} cannot be retried: it is {state}, its post {post}."
+        if not _send_back_all(FailedTweet.objects.filter(id=failure.id), timezone.now()):
+            return _refusal(failure)
         OperatorAction.objects.create(
             action=OperatorAction.Action.RETRY,
             actor=actor,
             channel=channel,
-            detail=f"failed reply #{failure_id} ({failure.stage}) for {failure.queued_tweet.url}",
+            detail=_one(failure),
         )
     return f"Failed reply #{failure_id} goes back to its {failure.stage} stage now."
 
 
-def _send_back(failure: FailedTweet, now: datetime) -> int:
-    tweet = failure.queued_tweet
-    if failure.stage == Stage.DRAFT:
-        # A new draft needs a new approval.
-        return int(
-            transition(
-                tweet.id,
-                expected=Status.FAILED,
-                to=Status.NEW,
-                draft_attempts=0,
-                approved_at=None,
-                approved_by="",
-                approved_via="",
-                scheduled_at=None,
-                attempts=0,
+@dataclass(frozen=True)
+class Batch:
+    """What an operator's action on dead-letter rows did: ``done`` changed, ``skipped``
+    left alone (already posted, outcome unknown, being retried, closed...)."""
+
+    done: int
+    skipped: int
+
+
+def dead_letters_retryable(failures: QuerySet[FailedTweet]) -> QuerySet[FailedTweet]:
+    """The rows of ``failures`` a retry sends back: open, and their tweet still failed."""
+    return FailedTweet.objects.filter(
+        id__in=failures.values("id"),
+        status__in=RETRYABLE,
+        stage__in=list(Stage),
+        queued_tweet__status=Status.FAILED,
+    )
+
+
+def dead_letters_left_alone(failures: QuerySet[FailedTweet]) -> dict[str, int]:
+    """Why a retry of ``failures`` would leave rows alone: counts by what their post is,
+    or, for a post still failed, by what the dead-letter row is (one query)."""
+    skipped = FailedTweet.objects.filter(id__in=failures.values("id")).exclude(
+        id__in=dead_letters_retryable(failures).values("id")
+    )
+    reasons: dict[str, int] = {}
+    for row in skipped.values("status", "queued_tweet__status").annotate(n=Count("id")):
+        if row["queued_tweet__status"] != Status.FAILED:
+            label = f"post {Status(row['queued_tweet__status']).label.lower()}"
+        else:
+            label = FailedTweetStatus(row["status"]).label.lower()
+        reasons[label] = reasons.get(label, 0) + row["n"]
+    return reasons
+
+
+def dead_letters_retry(
+    failures: QuerySet[FailedTweet], *, actor: str, channel: Channel, what: str = ""
+) -> Batch:
+    """Send every row of ``failures`` whose tweet is still failed back through its stage.
+
+    A fixed number of queries however many rows match: a lock, the counts, two
+    conditional UPDATEs of the tweets (one per stage), one of the dead-letter rows and
+    one audit row naming the count and ``what`` was asked for (a filter, say).
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        total = failures.count()
+        moved = _send_back_all(failures, now)
+        if moved:
+            OperatorAction.objects.create(
+                action=OperatorAction.Action.RETRY,
+                actor=actor,
+                channel=channel,
+                detail=_many(moved, "sent back", what),
             )
+    return Batch(moved, total - moved)
+
+
+def dead_letter_edit_retry(failure: FailedTweet, text: str, *, actor: str, channel: Channel) -> str:
+    """The owner rewrites a reply that failed at publishing and sends it back with it.
+
+    The text is checked as any edit of theirs (``review``); typing it is their approval
+    of it, audited as an edit with the text before and after.
+    """
+    if failure.stage != Stage.PUBLISH:
+        raise DeadLetterError(
+            f"Failed reply #{failure.id} failed while drafting: a retry writes a new draft, "
+            "which you approve as usual."
         )
-    return int(
-        transition(
+    final = checked_edit(text)
+    tweet = failure.queued_tweet
+    now = timezone.now()
+    to, fields = _back(Stage.PUBLISH, now)
+    with transaction.atomic():
+        claimed = FailedTweet.objects.filter(id=failure.id, status__in=RETRYABLE).update(
+            status=FailedTweetStatus.RETRYING, last_retry_at=now, next_retry_at=None, updated_at=now
+        )
+        if not claimed or not transition(
             tweet.id,
             expected=Status.FAILED,
-            to=Status.APPROVED,
-            attempts=0,
-            scheduled_at=now,
-            next_attempt_at=None,
+            to=to,
+            draft=final,
+            approved_at=now,
+            approved_by=actor,
+            approved_via=channel,
+            **fields,
+        ):
+            transaction.set_rollback(True)
+            raise DeadLetterError(_refusal(failure))
+        audit(
+            tweet,
+            Decision.Action.EDIT,
+            actor=actor,
+            channel=channel,
+            before=tweet.draft,
+            after=final,
         )
+        OperatorAction.objects.create(
+            action=OperatorAction.Action.RETRY,
+            actor=actor,
+            channel=channel,
+            detail=_one(failure, "with the owner's new text"),
+        )
+    return f"Failed reply #{failure.id} goes back to publishing now, with your text."
+
+
+def dead_letters_park(
+    failures: QuerySet[FailedTweet], *, actor: str, channel: Channel, what: str = ""
+) -> Batch:
+    """Stop automatic retries of these rows and keep them (retry or discard them later)."""
+    now = timezone.now()
+    with transaction.atomic():
+        total = failures.count()
+        parked = FailedTweet.objects.filter(
+            id__in=failures.values("id"),
+            status__in=[FailedTweetStatus.PENDING, FailedTweetStatus.EXHAUSTED],
+        ).update(status=FailedTweetStatus.PARKED, next_retry_at=None, updated_at=now)
+        if parked:
+            OperatorAction.objects.create(
+                action=OperatorAction.Action.PARK,
+                actor=actor,
+                channel=channel,
+                detail=_many(parked, "parked", what),
+            )
+    return Batch(parked, total - parked)
+
+
+def dead_letters_discard(
+    failures: QuerySet[FailedTweet], *, actor: str, channel: Channel, reason: str
+) -> Batch:
+    """Give up on these rows for good, saying why; each tweet's audit trail records it."""
+    reason = reason.strip()
+    if not reason:
+        raise DeadLetterError("Say why you discard them: the reason is kept with each row.")
+    now = timezone.now()
+    with transaction.atomic():
+        total = failures.count()
+        chosen = FailedTweet.objects.filter(id__in=failures.values("id"), status__in=OPEN)
+        rows = list(chosen.select_for_update().values_list("id", "queued_tweet_id"))
+        discarded = FailedTweet.objects.filter(
+            id__in=[row_id for row_id, _ in rows], status__in=OPEN
+        ).update(
+            status=FailedTweetStatus.DISCARDED,
+            discard_reason=reason[:200],
+            next_retry_at=None,
+            updated_at=now,
+        )
+        Decision.objects.bulk_create(
+            Decision(
+                queued_tweet_id=tweet_id,
+                action=Decision.Action.DISCARD,
+                actor=actor,
+                channel=channel,
+                text_before=reason,
+            )
+            for _, tweet_id in rows
+        )
+        if discarded:
+            OperatorAction.objects.create(
+                action=OperatorAction.Action.DISCARD,
+                actor=actor,
+                channel=channel,
+                detail=_many(discarded, "discarded", reason),
+            )
+    return Batch(discarded, total - discarded)
+
+
+def _send_back_all(failures: QuerySet[FailedTweet], now: datetime) -> int:
+    """Send the retryable rows of ``failures`` back (inside the caller's transaction);
+    how many tweets went back. Constant in queries: nothing is loaded row by row."""
+    retryable = dead_letters_retryable(failures)
+    # PostgreSQL: hold the rows and their tweets, so no stage moves a tweet between the
+    # statements below (SQLite's IMMEDIATE transaction holds the whole database).
+    list(retryable.select_for_update(of=("self", "queued_tweet")).values_list("id", flat=True))
+    moved = 0
+    for stage in Stage:
+        to, fields = _back(stage, now)
+        moved += QueuedTweet.objects.filter(
+            status=Status.FAILED,
+            id__in=retryable.filter(stage=stage).values("queued_tweet_id"),
+        ).update(status=to, updated_at=now, **fields)
+    FailedTweet.objects.filter(
+        id__in=failures.values("id"),
+        status__in=RETRYABLE,
+        stage__in=list(Stage),
+        queued_tweet__status__in=[to for to, _ in (_back(stage, now) for stage in Stage)],
+    ).update(
+        status=FailedTweetStatus.RETRYING, last_retry_at=now, next_retry_at=None, updated_at=now
     )
+    return moved
+
+
+def _back(stage: str, now: datetime) -> tuple[Status, dict[str, object]]:
+    """Where a tweet failed at ``stage`` goes back to, and what is reset on the way."""
+    if stage == Stage.DRAFT:
+        # A new draft needs a new approval.
+        return Status.NEW, {
+            "draft_attempts": 0,
+            "approved_at": None,
+            "approved_by": "",
+            "approved_via": "",
+            "scheduled_at": None,
+            "attempts": 0,
+        }
+    # The human approval stands; pacing still applies when it is claimed.
+    return Status.APPROVED, {"attempts": 0, "scheduled_at": now, "next_attempt_at": None}
+
+
+def _send_back(failure: FailedTweet, now: datetime) -> int:
+    to, fields = _back(failure.stage, now)
+    return int(transition(failure.queued_tweet_id, expected=Status.FAILED, to=to, **fields))
+
+
+def _one(failure: FailedTweet, how: str = "") -> str:
+    tail = f", {how}" if how else ""
+    return f"failed reply #{failure.id} ({failure.stage}) for {failure.queued_tweet.url}{tail}"[
+        :300
+    ]
+
+
+def _many(count: int, done: str, what: str) -> str:
+    noun = "failed reply" if count == 1 else "failed replies"
+    return (f"{count:,} {noun} {done}" + (f": {what}" if what else ""))[:300]
+
+
+def _refusal(failure: FailedTweet) -> str:
+    failure.refresh_from_db()
+    failure.queued_tweet.refresh_from_db()
+    state = failure.get_status_display().lower()
+    post = failure.queued_tweet.get_status_display().lower()
+    return f"Failed reply #{failure.id} cannot be retried: it is {state}, its post {post}."
 
 
 def dead_letter_sweep(*, now: datetime) -> None:
@@ -274,22 +483,7 @@ def dead_letter_sweep(*, now: datetime) -> None:
 
 def dead_letter_discard(failure: FailedTweet, *, actor: str, reason: str) -> bool:
     """An operator gives up on a failed item for good."""
-    with transaction.atomic():
-        moved = FailedTweet.objects.filter(
-            id=failure.id,
-            status__in=[FailedTweetStatus.PENDING, FailedTweetStatus.EXHAUSTED],
-        ).update(
-            status=FailedTweetStatus.DISCARDED,
-            discard_reason=reason[:200],
-            next_retry_at=None,
-            updated_at=timezone.now(),
-        )
-        if moved:
-            audit(
-                failure.queued_tweet,
-                Decision.Action.DISCARD,
-                actor=actor,
-                channel=Channel.ADMIN,
-                before=reason,
-            )
-    return bool(moved)
+    batch = dead_letters_discard(
+        FailedTweet.objects.filter(id=failure.id), actor=actor, channel=Channel.ADMIN, reason=reason
+    )
+    return bool(batch.done)
