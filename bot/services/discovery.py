@@ -43,6 +43,7 @@ from bot.services.cursors import Fetch, read_to_cursor
 from bot.services.notices import notice_service_error
 from resilience import ServiceError
 from resilience.alerts import AlertKind, raise_alert
+from resilience.events import event
 from resilience.models import AlertEvent
 
 if TYPE_CHECKING:
@@ -288,7 +289,22 @@ def _save(feed: Feed, posts: list[Post], me: User, now: datetime) -> tuple[int, 
             QueuedTweet.objects.bulk_create(fresh, ignore_conflicts=True)
     except DatabaseError:
         fresh = _save_one_by_one(fresh)
+    _tell_found(feed, fresh)
     return len(fresh), sum(1 for row in fresh if row.status == Status.NEW)
+
+
+def _tell_found(feed: Feed, rows: list[QueuedTweet]) -> None:
+    """One line per post found, with the id its later stages' lines carry."""
+    if not rows:
+        return
+    saved = QueuedTweet.objects.filter(target_tweet_id__in=[r.target_tweet_id for r in rows])
+    for tweet_id, post_id, author, status, reason in saved.values_list(
+        "id", "target_tweet_id", "author_username", "status", "skip_reason"
+    ):
+        if status == Status.SKIPPED:
+            event("skipped", tweet=tweet_id, post=post_id, author=author, why=reason)
+        else:
+            event("discovered", tweet=tweet_id, post=post_id, author=author, source=feed.source)
 
 
 def _save_one_by_one(rows: list[QueuedTweet]) -> list[QueuedTweet]:
