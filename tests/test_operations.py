@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import importlib
 import io
-import json
 import re
 import signal
 import subprocess
 import sys
-from datetime import timedelta
 
 import pytest
 import requests
-import time_machine
 from django.core.management import call_command
-from django.utils import timezone
 from django_q.models import Schedule
 
 from bot.models import Cursor, QueuedTweet, Status
@@ -87,52 +83,6 @@ def test_cursor_advances_only_with_saved_rows_and_failed_reads_are_read_again(pi
     cursor.refresh_from_db()
     assert cursor.since_id == second
     assert QueuedTweet.objects.filter(target_tweet_id=first).count() == 1
-
-
-@pytest.mark.django_db
-def test_recover_stale_dry_run_and_json_report(pipeline):
-    post_id = summon(pipeline)
-    run_pipeline()
-    tweet = approved(post_id)
-    QueuedTweet.objects.filter(id=tweet.id).update(
-        status=Status.PUBLISHING,
-        claimed_at=timezone.now() - timedelta(minutes=20),
-        lease_until=timezone.now() + timedelta(minutes=1),
-    )
-    out = io.StringIO()
-    call_command("recover_stale", "--dry-run", "--json", stdout=out)
-    assert json.loads(out.getvalue())["stale"] == []  # the lease still holds
-    out = io.StringIO()
-    call_command("recover_stale", "--timeout-minutes", "15", "--dry-run", "--json", stdout=out)
-    report = json.loads(out.getvalue())
-    assert (report["dry_run"], report["stale"]) == (True, [tweet.id])
-    assert discovered(post_id).status == Status.PUBLISHING, "a dry run changes nothing"
-
-    out = io.StringIO()
-    call_command("recover_stale", "--timeout-minutes", "15", stdout=out)
-    assert "marked unknown: 1" in out.getvalue()
-    # Its lease has a minute to run: a call could still be in flight, so no verdict yet.
-    assert "'requeued': 0" in out.getvalue()
-    assert discovered(post_id).status == Status.UNKNOWN
-    with time_machine.travel(timezone.now() + timedelta(minutes=3)):
-        out = io.StringIO()
-        call_command("recover_stale", stdout=out)
-    assert "'requeued': 1" in out.getvalue(), "not on our timeline: it never went out"
-    assert discovered(post_id).status == Status.APPROVED
-    assert pipeline.x.replies_to(post_id) == []
-
-
-def test_recover_stale_refuses_a_bad_timeout():
-    result = subprocess.run(
-        [sys.executable, "manage.py", "recover_stale", "--timeout-minutes", "0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**environ_without("PYTEST", "DATABASE"), "DEBUG": "true"},
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "--timeout-minutes must be at least 1" in result.stderr
 
 
 def test_sandbox_command_prints_its_ports_and_serves_the_control_api(tmp_path):

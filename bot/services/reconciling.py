@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from bot.policy import TIMELINE_LAG, WATCH_SENT_FOR, backoff
 from bot.services.cursors import read_to_cursor
 from bot.services.dead_letters import Stage, dead_letter_resolve, fail, spend_attempt
 from bot.services.notices import notice_service_error
+from bot.services.scheduling import reply_schedule
 from bot.services.transitions import UNCLAIMED, audit, posted_fields, transition
 from resilience import ServiceError
 from resilience.alerts import AlertKind, raise_alert
@@ -41,6 +43,10 @@ UNREADABLE_FOR = timedelta(hours=1)
 WATCHED = [Status.APPROVED, Status.FAILED, Status.EXPIRED, Status.REJECTED, Status.SKIPPED]
 # Of those, the ones whose reply we wanted: found live, they are simply posted.
 WANTED = [Status.APPROVED, Status.FAILED, Status.EXPIRED]
+# Targets looked up in our replies per query (SQLite allows 32,766 parameters).
+LOOKUP_CHUNK = 10_000
+# (rows done, rows in all): told as a long pass goes, for a progress bar.
+Progress = Callable[[int, int], None]
 
 
 class Outcome(enum.StrEnum):
@@ -97,13 +103,19 @@ def _history_needed() -> timedelta:
 # --- settling ------------------------------------------------------------------------------
 
 
-def recover_stale(*, now: datetime | None = None, older_than: timedelta | None = None) -> list[int]:
+def recover_stale(
+    *,
+    now: datetime | None = None,
+    older_than: timedelta | None = None,
+    progress: Progress | None = None,
+) -> list[int]:
     """Publishing rows whose worker is gone become ``unknown``, for reconcile to settle."""
     now = now or timezone.now()
-    stale = stale_publishing(now=now, older_than=older_than).values_list("id", "publish_request_id")
-    return [
-        tweet_id
-        for tweet_id, claim in list(stale)
+    stale = list(
+        stale_publishing(now=now, older_than=older_than).values_list("id", "publish_request_id")
+    )
+    moved = []
+    for done, (tweet_id, claim) in enumerate(stale, 1):
         if transition(
             tweet_id,
             expected=Status.PUBLISHING,
@@ -112,8 +124,11 @@ def recover_stale(*, now: datetime | None = None, older_than: timedelta | None =
             last_error="the worker stopped while publishing; checking our timeline",
             last_error_kind=ErrorKind.AMBIGUOUS,
             last_error_reason="",
-        )
-    ]
+        ):
+            moved.append(tweet_id)
+        if progress is not None:
+            progress(done, len(stale))
+    return moved
 
 
 def stale_publishing(
@@ -126,20 +141,25 @@ def stale_publishing(
     return QueuedTweet.objects.filter(stale, status=Status.PUBLISHING)
 
 
-def reconcile(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
+def unknown_due(*, now: datetime) -> QuerySet[QueuedTweet]:
+    """Unknown rows ready for a verdict: their call is surely over (the lease ran out, or
+    the worker received the ambiguous answer) and X's timeline lag has passed."""
+    return QueuedTweet.objects.filter(
+        Q(lease_until__isnull=True) | Q(lease_until__lte=now - TIMELINE_LAG),
+        status=Status.UNKNOWN,
+    )
+
+
+def reconcile(
+    x: XClient, *, now: datetime | None = None, progress: Progress | None = None
+) -> dict[str, int]:
     """Settle unknown outcomes, handoffs and every row that was sent, against our replies.
 
-    An unknown row is judged once its call is surely over (its lease ran out, or the
-    worker received the ambiguous answer) plus X's timeline lag. Not found means it
-    never went out, and only a timeline read to the end may say so.
+    An unknown row is judged once it is ``unknown_due``. Not found means it never went
+    out, and only a timeline read to the end may say so.
     """
     now = now or timezone.now()
-    unknown = list(
-        QueuedTweet.objects.filter(
-            Q(lease_until__isnull=True) | Q(lease_until__lte=now - TIMELINE_LAG),
-            status=Status.UNKNOWN,
-        )
-    )
+    unknown = list(unknown_due(now=now))
     handed_off = list(
         QueuedTweet.objects.filter(status=Status.HANDOFF, updated_at__gte=now - WATCH_SENT_FOR)
     )
@@ -154,21 +174,31 @@ def reconcile(x: XClient, *, now: datetime | None = None) -> dict[str, int]:
     complete = our_replies_refresh(x)
     if not complete:
         report_unreadable_timeline(now)
-    targets = [tweet.target_tweet_id for tweet in unknown + handed_off + watched]
-    found = dict(
-        OurReply.objects.filter(in_reply_to_id__in=targets)
-        .order_by("-reply_id")
-        .values_list("in_reply_to_id", "reply_id")
-    )
-    for tweet in unknown + handed_off + watched:
+    rows = unknown + handed_off + watched
+    found = _our_replies_to([tweet.target_tweet_id for tweet in rows])
+    for done, tweet in enumerate(rows, 1):
         try:
             outcome = _judge(tweet, found.get(tweet.target_tweet_id), complete, now)
         except Exception:
             log.exception("reconcile: row %s could not be judged; next pass tries again", tweet.id)
-            continue
+            outcome = None
         if outcome is not None:
             counts[outcome] += 1
+        if progress is not None:
+            progress(done, len(rows))
     return counts
+
+
+def _our_replies_to(targets: list[str]) -> dict[str, str]:
+    """Our reply (the oldest known) to each of ``targets`` that has one."""
+    found: dict[str, str] = {}
+    for start in range(0, len(targets), LOOKUP_CHUNK):
+        found.update(
+            OurReply.objects.filter(in_reply_to_id__in=targets[start : start + LOOKUP_CHUNK])
+            .order_by("-reply_id")
+            .values_list("in_reply_to_id", "reply_id")
+        )
+    return found
 
 
 def report_unreadable_timeline(now: datetime) -> int:
@@ -301,9 +331,17 @@ def _not_sent(tweet: QueuedTweet, now: datetime) -> Outcome | None:
         expected=Status.UNKNOWN,
         to=Status.APPROVED,
         claim=claim,
-        scheduled_at=now,
+        scheduled_at=None,
         next_attempt_at=now + backoff(1),
         lease_until=None,
         claimed_at=None,
     )
-    return Outcome.REQUEUED if moved else None
+    if not moved:
+        return None
+    # A fresh time by the rules of any approved reply: many requeued at once (after a
+    # night of X failing, say) are spread by the caps and spacing, not all due at once.
+    try:
+        reply_schedule(tweet, now=now)
+    except Exception:
+        log.exception("reconcile: reply %s requeued; the schedule stage times it", tweet.id)
+    return Outcome.REQUEUED
