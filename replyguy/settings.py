@@ -45,6 +45,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_q",
+    # Its HTML page and `manage.py health_check`; our checks are in resilience/ and bot/.
+    "health_check",
     "resilience",
 ]
 

@@ -10,6 +10,11 @@ reports back (its worker was killed) frees its slot when the lease runs out.
 If the shared store cannot be reached the breaker carries on with local state seeded
 from its last snapshot, says so in ``get_status()``, and tries the store again every
 ``store_retry`` seconds. It never lets everything through silently.
+
+A breaker whose store is shared also counts its calls for health and metrics: an
+answered call adds one to a process-local integer, a refused one likewise, and the
+counts (with when the service last answered) go to ``resilience.calls`` at most every
+``report_every`` seconds, on a snapshot refresh or a failure, never on the success path.
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ R = TypeVar("R")
 FailureRule = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 # Called after every transition with (breaker name, state before, state after).
 Listener = Callable[[str, str, str], None]
+# Takes a process's new counts: (breaker name, ok=, rejected=, last_ok_at=); False if
+# they could not be stored (they are kept and sent with the next report).
+Reporter = Callable[..., bool]
+
+# How often, at most, a process adds its counted calls to the shared counts.
+REPORT_EVERY = 30.0
 
 _NEED_IO = object()
 # The hot paths compare against these module names: on Python 3.11 an enum member
@@ -67,11 +78,17 @@ class CircuitBreaker:
         store_retry: float = 5.0,
         clock: Callable[[], float] = time.time,
         listeners: tuple[Listener, ...] = (),
+        reporter: Reporter | None = None,
+        report_every: float = REPORT_EVERY,
     ) -> None:
         """``failure_on`` has no default: say which exceptions mean the service is unwell.
 
         Exceptions it does not match (an item-level 400, say) pass through and count as
         proof that the service answered.
+
+        ``reporter`` receives the counted calls; by default ``resilience.calls`` when the
+        store is shared (a private breaker's calls are nobody else's business), except
+        for the ``database`` breaker.
         """
         self.name = name
         self.policy = Policy(
@@ -100,6 +117,23 @@ class CircuitBreaker:
         self._snap_at = float("-inf")
         self._pending_successes = 0
         self._lock = threading.Lock()
+        # Calls counted here: answered (``_ok``) and refused. A plain ``+= 1`` on an int
+        # attribute cannot be interrupted by another thread in CPython (no call, no
+        # backward jump inside it), so no lock is needed on the hot path.
+        self._reporter = reporter if reporter is not None else _default_reporter(name, self.store)
+        self.report_every = report_every
+        self._ok = 0
+        self._rejected = 0
+        self._ok_reported = 0
+        self._rejected_reported = 0
+        self._reported_at = clock()
+        self._report_lock = threading.Lock()
+        # When this process last looked at ``_ok`` (on a refresh), the count it saw then,
+        # and a lower bound for its latest answered call: a count that grew between two
+        # looks grew after the first.
+        self._looked_at = clock()
+        self._ok_looked = 0
+        self._ok_after: float | None = None
 
     # --- calling through the breaker -------------------------------------------------
 
@@ -110,6 +144,7 @@ class CircuitBreaker:
         except BaseException as exc:
             self._after_failure(token, exc)
             raise
+        self._ok += 1
         if token is not None or self._success_needs_write():
             self._record_success(token)
         return result
@@ -127,6 +162,7 @@ class CircuitBreaker:
             else:
                 self._after_failure(token, exc)
             raise
+        self._ok += 1
         if token is not None or self._success_needs_write():
             if blocking:
                 await sync_to_async(self._record_success)(token)
@@ -222,13 +258,16 @@ class CircuitBreaker:
         s = self._snap
         if s.mode is not _NORMAL:
             if s.mode is _FORCED_OPEN:
+                self._rejected += 1
                 raise CircuitOpenError(self.name, "forced_open", None)
             return None
         if s.state is _CLOSED:
             return None
         if s.state is _OPEN and s.open_until is not None and now < s.open_until:
+            self._rejected += 1
             raise CircuitOpenError(self.name, "open", s.open_until - now)
         if s.state is _HALF_OPEN and rules.half_open_is_full(s, self.policy, now):
+            self._rejected += 1
             raise self._half_open_refusal(s, now)
         if not io:
             return _NEED_IO
@@ -238,6 +277,7 @@ class CircuitBreaker:
             return token
         if after.state is State.CLOSED or after.mode in (Mode.FORCED_CLOSED, Mode.DISABLED):
             return None
+        self._rejected += 1  # refused, whichever way it is told below
         if after.mode is Mode.FORCED_OPEN:
             raise CircuitOpenError(self.name, Mode.FORCED_OPEN.value, None)
         if after.state is State.OPEN and after.open_until is not None:
@@ -268,6 +308,7 @@ class CircuitBreaker:
             return  # cancelled or interrupted: no verdict; a trial's lease simply expires
         if not self._counts(exc):
             # The service answered; for the breaker that is a success.
+            self._ok += 1
             if token is not None or self._success_needs_write():
                 self._record_success(token)
             return
@@ -278,6 +319,9 @@ class CircuitBreaker:
                 s, self.policy, self._clock(), error=error, retry_at=retry_at
             )
         )
+        # Answers counted before this failure are told now, so a reader never takes a
+        # failure for newer than an answer that came before it.
+        self._report(self._clock(), due=False)
 
     def _refresh(self, now: float) -> None:
         with self._lock:
@@ -286,6 +330,43 @@ class CircuitBreaker:
             self._update(lambda s: rules.add_successes(s, self.policy, self._clock(), pending))
         else:
             self._set_snapshot(self._load())
+        self._report(now, due=True)
+
+    def _report(self, now: float, *, due: bool) -> None:
+        """Hand the calls counted since the last report to the reporter.
+
+        With ``due`` only once ``report_every`` has passed since the last one. One thread
+        reports at a time; counts the reporter could not store stay for the next report.
+        """
+        if self._reporter is None:
+            return
+        if self._ok != self._ok_looked:
+            self._ok_looked = self._ok
+            self._ok_after = self._looked_at
+        self._looked_at = now
+        if due and now - self._reported_at < self.report_every:
+            return
+        if not self._report_lock.acquire(blocking=False):
+            return
+        try:
+            self._reported_at = now
+            ok = self._ok_looked - self._ok_reported
+            rejected = self._rejected - self._rejected_reported
+            if not ok and not rejected:
+                return
+            try:
+                stored = self._reporter(
+                    self.name, ok=ok, rejected=rejected, last_ok_at=self._ok_after if ok else None
+                )
+            except Exception:
+                # As with listeners: counting calls must never fail the call itself.
+                log.exception("breaker %s: reporter %r failed", self.name, self._reporter)
+                return
+            if stored:
+                self._ok_reported += ok
+                self._rejected_reported += rejected
+        finally:
+            self._report_lock.release()
 
     def _load(self) -> BreakerState:
         store = self._active_store()
@@ -344,6 +425,20 @@ class CircuitBreaker:
             )
         self._degraded = str(exc)[:300]
         self._degraded_at = self._clock()
+
+
+def _default_reporter(name: str, store: BreakerStore) -> Reporter | None:
+    # The database breaker's calls would be counted in the database it guards.
+    if not store.shared or name == "database":
+        return None
+
+    def report(name: str, *, ok: int, rejected: int, last_ok_at: float | None) -> bool:
+        # Imported here: the breaker itself stays free of Django's models.
+        from resilience.calls import calls_add
+
+        return calls_add(name, ok=ok, rejected=rejected, last_ok_at=last_ok_at)
+
+    return report
 
 
 def _log_transition(name: str, old: str, new: str) -> None:
