@@ -466,7 +466,8 @@ class DeadLetterForm(forms.ModelForm):
         strip=False,
         help_text="Posted exactly as typed; writing it is your approval of it.",
     )
-    discard_reason = forms.CharField(
+    # Not ``discard_reason``: the admin leaves out a form field named like a read-only one.
+    reason = forms.CharField(
         label="Why discard it",
         required=False,
         max_length=200,
@@ -484,8 +485,8 @@ class DeadLetterForm(forms.ModelForm):
                 checked_edit(data.get("reply_text") or "")
             except review.InvalidEdit as exc:
                 self.add_error("reply_text", str(exc))
-        if "_discard" in self.data and not (data.get("discard_reason") or "").strip():
-            self.add_error("discard_reason", "Say why: the reason is kept with the row.")
+        if "_discard" in self.data and not (data.get("reason") or "").strip():
+            self.add_error("reason", "Say why: the reason is kept with the row.")
         return data
 
 
@@ -751,7 +752,7 @@ class FailedTweetAdmin(admin.ModelAdmin):
                     one,
                     actor=actor,
                     channel=Channel.ADMIN,
-                    reason=form.cleaned_data["discard_reason"],
+                    reason=form.cleaned_data["reason"],
                 )
                 self._one_done(request, batch, "Discarded; the row is kept with your reason.")
             elif "_edit_retry" in request.POST:

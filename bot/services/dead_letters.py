@@ -283,7 +283,7 @@ def dead_letters_retry(
                 action=OperatorAction.Action.RETRY,
                 actor=actor,
                 channel=channel,
-                detail=_many(moved, "sent back", what),
+                detail=_detail(failures, total, moved, "sent back", what),
             )
     return Batch(moved, total - moved)
 
@@ -352,7 +352,7 @@ def dead_letters_park(
                 action=OperatorAction.Action.PARK,
                 actor=actor,
                 channel=channel,
-                detail=_many(parked, "parked", what),
+                detail=_detail(failures, total, parked, "parked", what),
             )
     return Batch(parked, total - parked)
 
@@ -392,7 +392,7 @@ def dead_letters_discard(
                 action=OperatorAction.Action.DISCARD,
                 actor=actor,
                 channel=channel,
-                detail=_many(discarded, "discarded", reason),
+                detail=_detail(failures, total, discarded, "discarded", reason),
             )
     return Batch(discarded, total - discarded)
 
@@ -401,9 +401,10 @@ def _send_back_all(failures: QuerySet[FailedTweet], now: datetime) -> int:
     """Send the retryable rows of ``failures`` back (inside the caller's transaction);
     how many tweets went back. Constant in queries: nothing is loaded row by row."""
     retryable = dead_letters_retryable(failures)
-    # PostgreSQL: hold the rows and their tweets, so no stage moves a tweet between the
-    # statements below (SQLite's IMMEDIATE transaction holds the whole database).
-    list(retryable.select_for_update(of=("self", "queued_tweet")).values_list("id", flat=True))
+    # PostgreSQL: hold the rows and their tweets (FOR UPDATE locks both sides of the
+    # join), so no stage moves a tweet between the statements below. SQLite's IMMEDIATE
+    # transaction holds the whole database anyway.
+    list(retryable.select_for_update().values_list("id", flat=True))
     moved = 0
     for stage in Stage:
         to, fields = _back(stage, now)
@@ -448,6 +449,15 @@ def _one(failure: FailedTweet, how: str = "") -> str:
     return f"failed reply #{failure.id} ({failure.stage}) for {failure.queued_tweet.url}{tail}"[
         :300
     ]
+
+
+def _detail(failures: QuerySet[FailedTweet], total: int, count: int, done: str, what: str) -> str:
+    """The audit row's words: one row is named (its history finds it), more are counted."""
+    if total == count == 1:
+        failure = failures.select_related("queued_tweet").first()
+        if failure is not None:
+            return _one(failure, f"{done}: {what}" if what else done)
+    return _many(count, done, what)
 
 
 def _many(count: int, done: str, what: str) -> str:
