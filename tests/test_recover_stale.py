@@ -357,6 +357,7 @@ def test_the_json_report_has_counts_per_action_and_the_text_a_summary(pipeline):
         "skipped",
         "failed",
         "waiting",
+        "steps",
         "seconds",
     }
     assert report["timeout_minutes"] == 45
@@ -376,6 +377,13 @@ def test_the_json_report_has_counts_per_action_and_the_text_a_summary(pipeline):
     ]
     assert all(isinstance(n, int) for n in report["actions"].values())
     assert isinstance(report["seconds"], float)
+    assert list(report["steps"]) == [
+        "publishing",
+        "reconcile",
+        "drafts",
+        "dead_letters",
+        "approval_messages",
+    ]
 
 
 def test_a_terminal_gets_a_progress_bar(pipeline):

@@ -65,7 +65,8 @@ class RecoveryReport:
     ``reconciled_found_unwanted`` (a real run with X; they include hand-offs and sent
     rows reconcile settles in the same read); ``drafts_requeued``;
     ``dead_letters_released``, ``dead_letters_resolved``; ``approval_messages_released``.
-    ``skipped`` and ``failed`` map a step to why; ``waiting`` counts rows left for later.
+    ``skipped`` and ``failed`` map a step to why; ``waiting`` counts rows left for later;
+    ``steps`` is the seconds each step took.
     """
 
     dry_run: bool
@@ -75,6 +76,7 @@ class RecoveryReport:
     skipped: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     waiting: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, float] = field(default_factory=dict)  # seconds each step took
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -86,6 +88,7 @@ class RecoveryReport:
             "skipped": dict(self.skipped),
             "failed": dict(self.failed),
             "waiting": dict(self.waiting),
+            "steps": {step: round(seconds, 3) for step, seconds in self.steps.items()},
             "seconds": round(self.seconds, 3),
         }
 
@@ -153,13 +156,20 @@ class _Steps:
             (DEAD_LETTERS, self.dead_letters),
             (APPROVAL_MESSAGES, self.approval_messages),
         ]:
+            started = time.perf_counter()
             try:
-                # A savepoint: a step that fails takes back its own writes only.
-                with transaction.atomic():
+                if self.report.dry_run:
+                    # A savepoint in the dry run's transaction: a step that fails takes
+                    # back its own writes only. A real run keeps no transaction open
+                    # around a step: reconcile calls X, and each service commits its own.
+                    with transaction.atomic():
+                        step()
+                else:
                     step()
             except Exception as exc:
                 log.exception("recover_stale: step %s failed; the others go on", name)
                 self.report.failed[name] = f"{type(exc).__name__}: {exc}"[:300]
+            self.report.steps[name] = time.perf_counter() - started
 
     def _told(self, step: str) -> reconciling.Progress | None:
         progress = self.progress
