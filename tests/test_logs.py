@@ -28,7 +28,7 @@ def test_a_replys_life_is_told_one_line_per_event_with_its_correlation_id(pipeli
     tweet = discovered(post_id)
     mine = [r for r in events(caplog) if r.fields.get("tweet") == tweet.id]
     names = [r.event for r in mine]
-    for expected in ("discovered", "drafted", "asked_owner", "approved", "published"):
+    for expected in ("discovered", "drafted", "asked_owner", "approved", "scheduled", "published"):
         assert names.count(expected) == 1, names
     published = next(r for r in mine if r.event == "published")
     assert f"tweet={tweet.id} " in published.getMessage()

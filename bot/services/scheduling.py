@@ -16,6 +16,7 @@ from django.utils.text import capfirst
 from bot.models import PipelineControl, QueuedTweet, Status
 from bot.pacing import Hold, Pacing, Rule, allowed_at, earliest_allowed
 from bot.selectors import author_cap, published_times, publishing_paused, through_api
+from resilience.events import event
 
 __all__ = ["Timing", "Wait", "Why", "next_reply_out", "reply_schedule", "reply_timing"]
 
@@ -36,7 +37,18 @@ def reply_schedule(tweet: QueuedTweet, *, now: datetime | None = None) -> dateti
     moved = QueuedTweet.objects.filter(
         id=tweet.id, status=Status.APPROVED, scheduled_at__isnull=True
     ).update(scheduled_at=when, updated_at=now)
-    return when if moved else None
+    if not moved:
+        return None
+    tweet.scheduled_at = when
+    timing = reply_timing(tweet, now=now)
+    event(
+        "scheduled",
+        tweet=tweet.id,
+        post=tweet.target_tweet_id,
+        at=when.isoformat(timespec="minutes"),
+        why=timing.sentence(now) if timing else None,
+    )
+    return when
 
 
 def schedule_approved(*, now: datetime | None = None) -> int:
