@@ -48,6 +48,8 @@ admin.site.site_title = "Reply Guy"
 # "View site" leads to the dashboard: the admin is the site.
 admin.site.site_url = reverse_lazy("admin:index")
 admin.site.index_template = "admin/bot/dashboard.html"
+# The index is the map; the list pages need the width for posts and drafts at 1366 px.
+admin.site.enable_nav_sidebar = False
 
 
 @admin.register(TargetAccount)
@@ -171,8 +173,8 @@ class ReviewForm(forms.ModelForm):
 @admin.register(QueuedTweet)
 class QueuedTweetAdmin(admin.ModelAdmin):
     form = ReviewForm
-    list_display = ["post", "draft_column", "status", "source", "when", "handoff_column"]
-    list_display_links = ["post"]
+    list_display = ["who", "post", "draft_column", "status", "source", "when", "handoff_column"]
+    list_display_links = ["who"]
     list_filter = ["status", "source", TargetFilter, "summoned", "created_at"]
     search_fields = ["target_tweet_id", "author_username", "text", "draft"]
     date_hierarchy = "created_at"
@@ -239,6 +241,7 @@ class QueuedTweetAdmin(admin.ModelAdmin):
         context = {**(extra_context or {})}
         if tweet is not None:
             context["decision"] = self._decision(tweet)
+            context["title"] = f"The reply to @{tweet.author_username}"
         return super().change_view(request, object_id, form_url, context)
 
     def _decision(self, tweet: QueuedTweet) -> dict[str, Any]:
@@ -280,14 +283,15 @@ class QueuedTweetAdmin(admin.ModelAdmin):
 
     # --- the list ---
 
-    @admin.display(description="post", ordering="tweet_created_at")
-    def post(self, obj: QueuedTweet) -> str:
+    @admin.display(description="author", ordering="tweet_created_at")
+    def who(self, obj: QueuedTweet) -> str:
         return format_html(
-            '<div class="rg-post"><span class="rg-meta">@{} · {}</span>{}</div>',
-            obj.author_username,
-            ago(obj.tweet_created_at),
-            obj.text,
+            '@{}<span class="rg-meta">{}</span>', obj.author_username, ago(obj.tweet_created_at)
         )
+
+    @admin.display(description="post")
+    def post(self, obj: QueuedTweet) -> str:
+        return format_html('<div class="rg-post">{}</div>', obj.text)
 
     @admin.display(description="draft")
     def draft_column(self, obj: QueuedTweet) -> str:
@@ -471,7 +475,9 @@ class DeadLetterForm(forms.ModelForm):
         label="Why discard it",
         required=False,
         max_length=200,
-        widget=forms.TextInput(attrs={"size": 60}),
+        widget=forms.TextInput(
+            attrs={"size": 50, "placeholder": "Why discard it (kept with the row)"}
+        ),
     )
 
     class Meta:
@@ -505,7 +511,7 @@ class FailedTweetAdmin(admin.ModelAdmin):
         "status",
         "error_kind",
         "retries",
-        "next_retry_at",
+        "next_retry",
         "post_status",
         "short_error",
     ]
@@ -557,6 +563,10 @@ class FailedTweetAdmin(admin.ModelAdmin):
             obj.queued_tweet.author_username,
             ago(obj.created_at),
         )
+
+    @admin.display(description="next retry", ordering="next_retry_at")
+    def next_retry(self, obj: FailedTweet) -> str:
+        return ago(obj.next_retry_at) if obj.next_retry_at else "-"
 
     @admin.display(description="retries")
     def retries(self, obj: FailedTweet) -> str:
@@ -681,6 +691,7 @@ class FailedTweetAdmin(admin.ModelAdmin):
         failure = self.get_object(request, object_id)
         context = {**(extra_context or {})}
         if failure is not None:
+            context["title"] = f"Failed reply #{failure.id}"
             context["history"] = self._history(failure)
             context["tweet"] = failure.queued_tweet
             context["retryable"] = dead_letters.dead_letters_retryable(

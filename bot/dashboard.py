@@ -56,6 +56,7 @@ class Outside:
 class Heartbeat:
     at: datetime | None
     silent: bool
+    seconds_ago: float | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Dashboard:
 def outside_services() -> list[Outside]:
     return [
         Outside("X", "X_API_BASE_URL", settings.X_API_BASE_URL),
-        Outside("The model", "OPENAI_BASE_URL", settings.OPENAI_BASE_URL),
+        Outside("the model", "OPENAI_BASE_URL", settings.OPENAI_BASE_URL),
         Outside("Telegram", "TELEGRAM_API_BASE_URL", settings.TELEGRAM_API_BASE_URL),
     ]
 
@@ -116,5 +117,6 @@ def _heartbeat() -> Heartbeat:
     last = heartbeat.last_beat()
     if last is None:
         return Heartbeat(None, True)
-    silent = time.time() - last >= heartbeat.SILENT_AFTER.total_seconds()
-    return Heartbeat(datetime.fromtimestamp(last, UTC), silent)
+    quiet_for = time.time() - last
+    silent = quiet_for >= heartbeat.SILENT_AFTER.total_seconds()
+    return Heartbeat(datetime.fromtimestamp(last, UTC), silent, quiet_for)

@@ -159,17 +159,8 @@ class AlertEventAdmin(admin.ModelAdmin):
     Actions: mark as seen (the dashboard counts the unseen), and send failed alerts
     again (``alerts_redeliver``)."""
 
-    list_display = [
-        "created_at",
-        "kind",
-        "subject",
-        "short_message",
-        "delivery",
-        "repeats",
-        "suppressed_before",
-        "seen",
-    ]
-    list_display_links = ["created_at", "kind"]
+    list_display = ["created", "kind", "subject", "short_message", "delivery", "held_back", "seen"]
+    list_display_links = ["created", "kind"]
     list_filter = ["status", RepeatsFilter, SeenFilter, "kind", "created_at"]
     search_fields = ["subject", "message"]
     readonly_fields = [
@@ -195,6 +186,16 @@ class AlertEventAdmin(admin.ModelAdmin):
     @admin.display(description="message")
     def short_message(self, obj: AlertEvent) -> str:
         return obj.message if len(obj.message) <= 140 else obj.message[:139] + "…"
+
+    @admin.display(description="raised", ordering="created_at")
+    def created(self, obj: AlertEvent) -> str:
+        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M")
+
+    @admin.display(description="repeats held back")
+    def held_back(self, obj: AlertEvent) -> str:
+        parts = [f"{obj.repeats} since"] if obj.repeats else []
+        parts += [f"{obj.suppressed_before} before"] if obj.suppressed_before else []
+        return ", ".join(parts) or "-"
 
     @admin.display(description="delivery", ordering="status")
     def delivery(self, obj: AlertEvent) -> str:

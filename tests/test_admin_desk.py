@@ -167,7 +167,7 @@ def test_the_dashboard_shows_the_queue_the_next_reply_breakers_workers_alerts_an
     assert re.search(r"Recent alerts · \d+ not seen", text)
     # The pipeline's reads of X were counted; the sandbox is named plainly.
     assert re.search(r"X usage today \(UTC\) Calls [1-9]", text)
-    assert "Local sandbox. X, The model and Telegram are the stand-ins on this machine" in text
+    assert "Local sandbox. X, the model and Telegram are the stand-ins on this machine" in text
     assert "Running: approved replies go out" in text
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from django import template
+from django.utils import timezone
+from django.utils.timesince import timesince
 
 from bot.dashboard import Dashboard, dashboard
 from bot.selectors import publishing_paused
@@ -20,3 +24,13 @@ def desk_dashboard() -> Dashboard:
 def publishing_pause() -> str:
     """Why publishing is paused, or "" while it runs: one small read per admin page."""
     return paused_words() if publishing_paused() else ""
+
+
+@register.filter
+def ago(when: datetime | None) -> str:
+    """ "under a minute ago", "5 minutes ago", "2 hours, 3 minutes ago"."""
+    if when is None:
+        return ""
+    if timezone.now() - when < timedelta(minutes=1):
+        return "under a minute ago"
+    return f"{timesince(when)} ago"
