@@ -27,6 +27,7 @@ from django.utils import timezone
 from health_check.base import HealthCheck, HealthCheckResult
 from health_check.exceptions import ServiceUnavailable, ServiceWarning
 
+from bot.clients.x import CREDENTIAL_SETTINGS
 from bot.models import FailedTweet, FailedTweetStatus
 from bot.selectors import due_replies, publishing_paused
 from bot.services.heartbeat import SILENT_AFTER, last_beat
@@ -193,8 +194,6 @@ def status_document(results: list[HealthCheckResult]) -> dict[str, Any]:
 
 def _configured(service: str) -> bool:
     if service == "x":
-        from bot.clients.x import CREDENTIAL_SETTINGS
-
         return all(getattr(settings, name, "") for name in CREDENTIAL_SETTINGS)
     if service == "llm":
         return bool(settings.OPENAI_API_KEY and settings.AI_MODEL)
