@@ -7,14 +7,20 @@ one) run in a worker thread, and the database may be touched from the test's thr
 only because DJANGO_ALLOW_ASYNC_UNSAFE is set around this module. The admin is served by
 ``live_server`` from its own thread, on the same (file or PostgreSQL) test database.
 
-Each test saves a screenshot for the README to ``docs/screenshots/``.
+Each test takes a screenshot for the README; they replace ``docs/screenshots/`` only with
+UPDATE_SCREENSHOTS=1 (times and ports differ on every run, so a plain run leaves the
+committed ones alone)::
+
+    UPDATE_SCREENSHOTS=1 .venv/bin/pytest tests/test_admin_browser.py
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -34,7 +40,6 @@ pytestmark = [
 ]
 
 T = TypeVar("T")
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 SCREEN = {"width": 1366, "height": 900}
 
 
@@ -61,6 +66,16 @@ def service(fn: Callable[[], T]) -> T:
 
 
 @pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where the README's screenshots go: docs/screenshots/ when asked, else a scratch dir."""
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        folder = ROOT / "docs" / "screenshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return tmp_path
+
+
+@pytest.fixture
 def desk(browser: Any, live_server: Any, pipeline: Any) -> Iterator[Any]:
     """The owner logged in to the admin on a laptop-sized screen."""
     User.objects.create_superuser("owner", password="a long owner password")
@@ -75,7 +90,9 @@ def desk(browser: Any, live_server: Any, pipeline: Any) -> Iterator[Any]:
     context.close()
 
 
-def test_the_owner_reviews_edits_and_approves_and_sees_the_reply_posted(desk, pipeline, settings):
+def test_the_owner_reviews_edits_and_approves_and_sees_the_reply_posted(
+    desk, pipeline, settings, screenshots
+):
     settings.DRAFT_VARIANTS = 2
     TargetAccount.objects.all().delete()  # answered by mention only
     post_id = summon(pipeline, "how do you test code that retries with backoff?", "dana")
@@ -91,8 +108,7 @@ def test_the_owner_reviews_edits_and_approves_and_sees_the_reply_posted(desk, pi
     panel.get_by_text("Through the API.").wait_for()
     assert panel.get_by_role("button", name="Approve").is_visible()
     assert panel.get_by_text(tweet.variants[1]).is_visible()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    desk.screenshot(path=str(SCREENSHOTS / "review.png"))
+    desk.screenshot(path=str(screenshots / "review.png"))
 
     reply = desk.get_by_label("Our reply")
     too_long = "Inject the clock and the sleep; assert every wait. " * 7
@@ -115,7 +131,7 @@ def test_the_owner_reviews_edits_and_approves_and_sees_the_reply_posted(desk, pi
 
 
 def test_the_owner_sees_the_dashboard_and_retries_every_publish_failure_at_once(
-    desk, pipeline, settings, live_server
+    desk, pipeline, settings, live_server, screenshots
 ):
     TargetAccount.objects.all().delete()
     settings.MIN_DELAY_MINUTES = settings.MAX_DELAY_MINUTES = 25
@@ -153,7 +169,8 @@ def test_the_owner_sees_the_dashboard_and_retries_every_publish_failure_at_once(
     desk.goto(f"{live_server.url}/admin/")
     desk.locator("#desk-next").get_by_text("random delay until").wait_for()
     assert desk.locator("#sandbox-banner").is_visible()
-    desk.screenshot(path=str(SCREENSHOTS / "dashboard.png"))
+    desk.screenshot(path=str(screenshots / "dashboard.png"))
+    assert (screenshots / "dashboard.png").stat().st_size > 10_000
 
     desk.locator("#desk-dead-letters").get_by_role("link", name="Dead letters").click()
     desk.locator("#changelist-filter").get_by_role("link", name="publish").click()
