@@ -36,7 +36,7 @@ from tests.helpers import ROOT, approved, discovered, run_pipeline, summon
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.django_db(transaction=True),
 ]
 
 T = TypeVar("T")

@@ -624,7 +624,7 @@ def test_help_and_unknown_commands(pipeline):
     assert "press ✏️ Edit" in command(pipeline, "hello bot")
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_webhook_mode_end_to_end_set_and_removed_by_command(live_server, pipeline, settings):
     """Telegram (the sandbox) POSTs presses to our webhook over real HTTP; the command
     sets the webhook with our secret and removes it again."""
