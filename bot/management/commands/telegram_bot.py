@@ -88,7 +88,8 @@ class Command(BaseCommand):
 
         def stopping(signum: int, frame: object) -> None:
             stop.set()
-            raise KeyboardInterrupt  # break out of a long poll at once
+            # Stopped as Ctrl-C stops it: asyncio cancels the long poll cleanly on SIGINT.
+            signal.raise_signal(signal.SIGINT)
 
         signal.signal(signal.SIGTERM, stopping)
         self.stdout.write(f"Telegram poller: chat {client.chat_id}; Ctrl-C stops it")
