@@ -51,6 +51,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.breaker_overhead
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.timeline_reads
+	$(BIN)/python -m bench.health_latency
+	$(BIN)/python -m bench.metrics_scrape --queue-sizes 1000,100000
+	$(BIN)/python -m bench.recover_stale
+	$(BIN)/python -m bench.dead_letter_retry --rows 1000,10000 --repeats 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
