@@ -415,3 +415,15 @@ def test_probes_and_metrics_are_exempt_from_the_https_redirect(settings, workers
         assert client.get(path).status_code == 200, path
     assert client.get("/admin/").status_code == 301
     assert client.get("/metricsx").status_code == 301  # the exemption is exact
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/health/live/", "/health/live", "/metrics", "/metrics/"])
+def test_probes_answer_a_platforms_own_host_header_and_either_slash(
+    client: Client, settings, workers_alive, path
+):
+    settings.ALLOWED_HOSTS = ["replyguy.example.com"]
+    settings.DEBUG = False
+    response = client.get(path, HTTP_HOST="10.1.2.3:8000")
+    assert response.status_code == 200
+    assert client.get("/admin/login/", HTTP_HOST="10.1.2.3:8000").status_code == 400
