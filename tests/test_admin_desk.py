@@ -498,7 +498,19 @@ def test_bulk_retry_takes_a_fixed_number_of_queries(admin_client, count, request
         batch = dead_letters_retry(FailedTweet.objects.all(), actor="owner", channel=Channel.ADMIN)
     assert batch.done == count
     # The same for 10 rows as for 200 (and 10,000: bench/dead_letter_retry.py).
-    assert len(queries) == 8, [q["sql"][:120] for q in queries.captured_queries]
+    assert len(queries) == 9, [q["sql"][:120] for q in queries.captured_queries]
+
+
+def test_bulk_retry_marks_retrying_only_the_rows_it_sent_back(admin_client):
+    sent, other = failed_rows(2, stage=Stage.PUBLISH)
+    # The other's tweet went back some other way (a retry by hand), its row still open.
+    QueuedTweet.objects.filter(id=other.queued_tweet_id).update(status=Status.APPROVED)
+    batch = dead_letters_retry(FailedTweet.objects.all(), actor="owner", channel=Channel.ADMIN)
+    assert batch.done == 1
+    sent.refresh_from_db()
+    other.refresh_from_db()
+    assert sent.status == FailedTweetStatus.RETRYING
+    assert other.status != FailedTweetStatus.RETRYING
 
 
 def test_a_parked_row_is_kept_and_never_retried_automatically(admin_client):

@@ -418,13 +418,16 @@ def _send_back_all(failures: QuerySet[FailedTweet], now: datetime) -> int:
             status=Status.FAILED,
             id__in=retryable.filter(stage=stage).values("queued_tweet_id"),
         ).update(status=to, updated_at=now, **fields)
-    failures.filter(
-        status__in=RETRYABLE,
-        stage__in=list(Stage),
-        queued_tweet__status__in=[to for to, _ in (_back(stage, now) for stage in Stage)],
-    ).update(
-        status=FailedTweetStatus.RETRYING, last_retry_at=now, next_retry_at=None, updated_at=now
-    )
+        # Only the rows whose tweet this call moved (stamped ``now`` just above): a row
+        # whose tweet was already back in the stage some other way is not retrying.
+        failures.filter(
+            status__in=RETRYABLE,
+            stage=stage,
+            queued_tweet__status=to,
+            queued_tweet__updated_at=now,
+        ).update(
+            status=FailedTweetStatus.RETRYING, last_retry_at=now, next_retry_at=None, updated_at=now
+        )
     return moved
 
 
