@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -115,6 +116,10 @@ class DatabaseStore:
         return before, after
 
 
+# Seconds a Redis store that just failed is taken as unreachable without asking it.
+UNREACHABLE_FOR = 5.0
+
+
 class RedisStore:
     """State as one JSON document per breaker, updated with WATCH/MULTI/EXEC.
 
@@ -137,16 +142,30 @@ class RedisStore:
         self._errors = (redis.RedisError,)
         self._watch_error = redis.WatchError
         self.prefix = prefix
+        # After a failure, every breaker in this process is told at once for a moment
+        # instead of each waiting out the timeout again (a hung Redis would otherwise
+        # cost a health probe one timeout per breaker).
+        self._down_until = 0.0
+
+    def _check_up(self) -> None:
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable("redis: unreachable a moment ago; not asked again yet")
+
+    def _failed(self, exc: Exception) -> StoreUnavailable:
+        self._down_until = time.monotonic() + UNREACHABLE_FOR
+        return StoreUnavailable(f"redis: {exc}")
 
     def load(self, name: str) -> BreakerState:
+        self._check_up()
         try:
             raw = self._redis.get(self.prefix + name)
         except self._errors as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+            raise self._failed(exc) from exc
         return _decode(raw)
 
     def update(self, name: str, change: Change) -> tuple[BreakerState, BreakerState]:
         key = self.prefix + name
+        self._check_up()
         try:
             with self._redis.pipeline() as pipe:
                 while True:
@@ -164,7 +183,7 @@ class RedisStore:
                     except self._watch_error:
                         continue
         except self._errors as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+            raise self._failed(exc) from exc
 
     def delete(self, name: str) -> None:
         self._redis.delete(self.prefix + name)

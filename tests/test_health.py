@@ -427,3 +427,59 @@ def test_probes_answer_a_platforms_own_host_header_and_either_slash(
     response = client.get(path, HTTP_HOST="10.1.2.3:8000")
     assert response.status_code == 200
     assert client.get("/admin/login/", HTTP_HOST="10.1.2.3:8000").status_code == 400
+
+
+class HungServer:
+    """A TCP server that accepts connections and never answers (a hung Redis)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.connections = 0
+        self.held: list[object] = []
+        self.running = True
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.sock.getsockname()[1]}/0"
+
+    def _accept(self) -> None:
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(2)
+        for conn in self.held:
+            conn.close()  # type: ignore[attr-defined]
+        self.sock.close()
+
+
+@pytest.mark.django_db
+def test_a_hung_redis_is_waited_for_once_per_probe_not_once_per_breaker(
+    client: Client, settings, workers_alive
+):
+    from tests.helpers import reset_breakers
+
+    hung = HungServer()
+    try:
+        settings.RESILIENCE = {**settings.RESILIENCE, "STORE": "redis", "REDIS_URL": hung.url}
+        reset_breakers()
+        response = client.get("/health/status/")
+        assert response.status_code in (200, 503)
+        # Three breakers live in the hung Redis; one wait tells them all.
+        assert hung.connections == 1
+    finally:
+        hung.close()
+        settings.RESILIENCE = {**settings.RESILIENCE, "STORE": "database", "REDIS_URL": ""}
+        reset_breakers()
