@@ -33,6 +33,7 @@ from asgiref.sync import sync_to_async
 
 from resilience import state as rules
 from resilience.errors import CircuitOpenError
+from resilience.events import event
 from resilience.state import BreakerState, Mode, Policy, State
 from resilience.stores import BreakerStore, MemoryStore, StoreUnavailable
 
@@ -444,7 +445,7 @@ def _default_reporter(name: str, store: BreakerStore) -> Reporter | None:
 
 def _log_transition(name: str, old: str, new: str) -> None:
     level = logging.INFO if new == State.CLOSED.value else logging.WARNING
-    log.log(level, "breaker %s: %s -> %s", name, old, new)
+    event("breaker", level=level, service=name, was=old, now=new)
 
 
 def _iso(ts: float | None) -> str | None:

@@ -26,6 +26,7 @@ from bot.policy import DEAD_LETTER_FIRST_DELAY, DEAD_LETTER_RETRIES, MAX_PUBLISH
 from bot.services.review import _checked as checked_edit
 from bot.services.transitions import SETTLED, UNCLAIMED, audit, transition
 from resilience.alerts import AlertKind, raise_alert
+from resilience.events import event
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,14 @@ def spend_attempt(
         last_error=error,
         **common,
     )
+    if moved:
+        event(
+            "attempt_failed",
+            tweet=tweet.id,
+            post=tweet.target_tweet_id,
+            attempt=attempts,
+            error=error,
+        )
     return Status.APPROVED if moved else None
 
 
@@ -150,6 +159,13 @@ def dead_letter(
             },
         )
         if created:
+            event(
+                "dead_lettered",
+                tweet=tweet.id,
+                post=tweet.target_tweet_id,
+                stage=stage,
+                error=error,
+            )
             raise_alert(
                 kind=AlertKind.TWEET_PROCESSING_FAILED,
                 # One per stage per cooldown; the next one counts the repeats.
@@ -175,6 +191,7 @@ def dead_letter(
             failure.next_retry_at = now + DEAD_LETTER_FIRST_DELAY * 2**failure.retry_count
         failure.save()
     if failure.status == FailedTweetStatus.EXHAUSTED:
+        event("dead_letter_exhausted", tweet=tweet.id, post=tweet.target_tweet_id, stage=stage)
         raise_alert(
             kind=AlertKind.DEAD_LETTER_EXHAUSTED,
             subject=f"tweet {tweet.target_tweet_id}",
