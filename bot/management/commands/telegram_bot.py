@@ -22,7 +22,7 @@ from resilience.db import with_db_recovery
 
 log = logging.getLogger("bot.telegram.poller")
 
-POLL_SECONDS = 10  # a long poll; Ctrl-C or SIGTERM ends the command within it
+POLL_SECONDS = 5  # a long poll; Ctrl-C or SIGTERM ends the command after it
 OUTBOX_EVERY = 5.0  # seconds between two outbox passes (alerts, approval messages)
 WORKERS_EVERY = 60.0
 ERROR_PAUSE = 5.0
@@ -83,15 +83,18 @@ class Command(BaseCommand):
             raise CommandError(f"Telegram refused: {exc}") from None
 
     def _poll(self, client: TelegramClient) -> None:
-        poller = Poller(client)
         stop = threading.Event()
+        poller = Poller(client, stop=stop)
 
         def stopping(signum: int, frame: object) -> None:
+            if stop.is_set():
+                raise KeyboardInterrupt  # asked twice: now
+            # The cycle under way ends (a long poll is at most POLL_SECONDS) and nothing
+            # is cut half way: no update kept but unhandled, no asyncio loop left open.
             stop.set()
-            # Stopped as Ctrl-C stops it: asyncio cancels the long poll cleanly on SIGINT.
-            signal.raise_signal(signal.SIGINT)
 
         signal.signal(signal.SIGTERM, stopping)
+        signal.signal(signal.SIGINT, stopping)
         self.stdout.write(f"Telegram poller: chat {client.chat_id}; Ctrl-C stops it")
         try:
             while not stop.is_set():
@@ -99,7 +102,7 @@ class Command(BaseCommand):
                     poller.cycle(poll_seconds=POLL_SECONDS, outbox=poller.outbox_due())
                 except Exception:  # the database gone for longer than its retries, say
                     log.exception("telegram poller: this cycle failed; the next one goes on")
-                    time.sleep(ERROR_PAUSE)
+                    stop.wait(ERROR_PAUSE)
         except KeyboardInterrupt:
             pass
         self.stdout.write("Telegram poller stopped")
@@ -108,8 +111,9 @@ class Command(BaseCommand):
 class Poller:
     """One process's polling loop: updates in, then now and then the outbox out."""
 
-    def __init__(self, client: TelegramClient) -> None:
+    def __init__(self, client: TelegramClient, *, stop: threading.Event | None = None) -> None:
         self.client = client
+        self.stop = stop or threading.Event()
         self.offset: int | None = None
         self.started = time.time()
         self.last_outbox = 0.0
@@ -134,7 +138,7 @@ class Poller:
             )
             if conflict:
                 notice_service_error(exc)
-            time.sleep((CONFLICT_PAUSE if conflict else ERROR_PAUSE) if poll_seconds else 0)
+            self.stop.wait((CONFLICT_PAUSE if conflict else ERROR_PAUSE) if poll_seconds else 0)
             updates = []
         for update in updates:
             # Past it whatever happens: one update we cannot keep never blocks the rest.
