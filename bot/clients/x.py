@@ -107,8 +107,8 @@ READ_ONLY_PROBLEM = "oauth1-permissions"
 UNSUPPORTED_AUTH_PROBLEM = "unsupported-authentication"
 NOT_ENROLLED_PROBLEM = "client-forbidden"
 
-# X's pay-per-use prices in US dollars per unit (developer docs, 2026-08; see
-# ../shared/reference/x-api-2026.md): a unit is a post or user returned, or a post made.
+# X's pay-per-use prices in US dollars per unit (X's developer docs, 2026-08; the table is
+# in docs/operations.md): a unit is a post or user returned, or a post made.
 POST_READ = 0.005  # a post returned by a public read: a target's timeline, search, a lookup
 USER_READ = 0.010  # a user returned: our account, a target's lookup
 OWNED_READ = 0.001  # a post of our own timeline or of our mentions
