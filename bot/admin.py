@@ -40,7 +40,7 @@ from bot.replies import LINK_COST_NOTE, links_in
 from bot.selectors import publishing_paused, through_api
 from bot.services import control, dead_letters, review
 from bot.services.publishing import handoff_link
-from bot.services.review import _checked as checked_edit
+from bot.services.review import checked_edit
 from bot.services.scheduling import next_reply_out, reply_timing
 
 admin.site.site_header = "Reply Guy"

@@ -23,7 +23,7 @@ from bot.models import (
     Status,
 )
 from bot.policy import DEAD_LETTER_FIRST_DELAY, DEAD_LETTER_RETRIES, MAX_PUBLISH_ATTEMPTS, backoff
-from bot.services.review import _checked as checked_edit
+from bot.services.review import checked_edit
 from bot.services.transitions import SETTLED, UNCLAIMED, audit, transition
 from resilience.alerts import AlertKind, raise_alert
 from resilience.events import event

@@ -18,6 +18,7 @@ from resilience.events import event
 __all__ = [
     "InvalidEdit",
     "ReviewError",
+    "checked_edit",
     "reply_approve",
     "reply_posted_by_hand",
     "reply_regenerate",
@@ -57,7 +58,7 @@ def reply_approve(
             raise ReviewError(f"The draft for {tweet.url} has no variant {variant + 1}.")
         text = variants[variant]
     edited = text is not None and text.strip() != tweet.draft and variant is None
-    final = _checked(text) if edited else (text if variant is not None else tweet.draft)
+    final = checked_edit(text) if edited else (text if variant is not None else tweet.draft)
     now = timezone.now()
     with transaction.atomic():
         moved = transition(
@@ -111,7 +112,7 @@ def reply_revise(
     The text becomes a new draft version: a button shown with the old one can no
     longer approve anything.
     """
-    final = _checked(text)
+    final = checked_edit(text)
     with transaction.atomic():
         if not transition(
             tweet.id,
@@ -149,14 +150,7 @@ def reply_regenerate(
             tweet.id, expected=Status.PENDING, to=Status.NEW, version=version, draft_attempts=0
         ):
             raise ReviewError(_refusal(tweet, version))
-        audit(
-            tweet,
-            Decision.Action.REGENERATE,
-            actor=actor,
-            channel=channel,
-            before=tweet.draft,
-            reference=reference,
-        )
+        _audit_before(tweet, Decision.Action.REGENERATE, actor, channel, reference)
     event("regenerate_asked", tweet=tweet.id, post=tweet.target_tweet_id, by=actor, via=channel)
 
 
@@ -177,14 +171,7 @@ def reply_reject(
             version=version,
         ):
             raise ReviewError(_refusal(tweet, version))
-        audit(
-            tweet,
-            Decision.Action.REJECT,
-            actor=actor,
-            channel=channel,
-            before=tweet.draft,
-            reference=reference,
-        )
+        _audit_before(tweet, Decision.Action.REJECT, actor, channel, reference)
     event("rejected", tweet=tweet.id, post=tweet.target_tweet_id, by=actor, via=channel)
 
 
@@ -220,7 +207,15 @@ def reply_posted_by_hand(
     event("posted_by_hand", tweet=tweet.id, post=tweet.target_tweet_id, by=actor, via=channel)
 
 
-def _checked(text: str | None) -> str:
+def _audit_before(
+    tweet: QueuedTweet, action: Decision.Action, actor: str, channel: Channel, reference: str
+) -> None:
+    """A decision that throws the draft away: the audit keeps the text it had."""
+    audit(tweet, action, actor=actor, channel=channel, before=tweet.draft, reference=reference)
+
+
+def checked_edit(text: str | None) -> str:
+    """The owner's text as X will take it, or ``InvalidEdit`` saying why not."""
     try:
         return validate_reply(text or "", allow_links=True)
     except InvalidReply as exc:
