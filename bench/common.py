@@ -91,3 +91,119 @@ def _cpu_model() -> str:
         if key.strip() == "model name":
             return value.strip()
     return platform.processor() or "unknown"
+
+
+# --- the database a benchmark fills and empties ------------------------------------------
+
+
+def migrate_or_refuse(*, wipe: bool, what: str = "the bot tables") -> dict[str, Any] | None:
+    """Migrate; then the report of a refused run, or None when the run may go on.
+
+    Every benchmark that seeds rows empties ``what`` first, so it refuses a database that
+    already holds queued tweets unless ``wipe`` (``--wipe``, or a throwaway database).
+    """
+    from django.core.management import call_command
+
+    from bot.models import QueuedTweet
+
+    call_command("migrate", verbosity=0)
+    if wipe or not QueuedTweet.objects.exists():
+        return None
+    return {
+        "environment": machine(),
+        "refused": (
+            f"the database already holds queued tweets ({QueuedTweet.objects.count()}), "
+            f"and this benchmark empties {what}. Point DATABASE_URL at a "
+            "database of its own, or pass --wipe."
+        ),
+    }
+
+
+def wipe_bot_tables(*also: Any, breakers: bool = False) -> None:
+    """Empty every table of the ``bot`` app (a model added later too) and the models in
+    ``also``; keep the pipeline-control row, unpaused. ``breakers``: also delete the rows
+    of the configured circuit breakers."""
+    from django.apps import apps
+    from django.conf import settings
+
+    from bot.models import PipelineControl
+    from resilience.models import BreakerRecord
+
+    for model in apps.get_app_config("bot").get_models():
+        if model is not PipelineControl:
+            model.objects.all().delete()
+    for model in also:
+        model.objects.all().delete()
+    PipelineControl.objects.get_or_create(pk=1)
+    PipelineControl.objects.update(publishing_paused=False, paused_reason="")
+    if breakers:
+        BreakerRecord.objects.filter(name__in=list(settings.RESILIENCE["BREAKERS"])).delete()
+
+
+def bulk_seed(model: Any, rows: Any, *, batch_size: int = 1000) -> list[Any]:
+    """``bulk_create`` the rows in batches; returns them (with ids where the database
+    gives them back)."""
+    return model.objects.bulk_create(list(rows), batch_size=batch_size)
+
+
+def analyze(*models: Any) -> None:
+    """On PostgreSQL, what autovacuum would do soon after a bulk seed, done now so every
+    run plans its queries alike. Nothing on SQLite."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        for model in models:
+            cursor.execute(f"ANALYZE {model._meta.db_table}")
+
+
+def approved_by_owner(when: Any) -> dict[str, Any]:
+    """The fields of a reply the owner approved on Telegram at ``when``."""
+    from bot.models import Channel
+
+    return {"approved_at": when, "approved_by": "owner", "approved_via": Channel.TELEGRAM}
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+class QueryCounter:
+    """An ``execute_wrapper`` that counts every query it sees."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, execute: Any, sql: str, *args: Any) -> Any:
+        self.count += 1
+        return execute(sql, *args)
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The nearest-rank percentile (``share`` from 0 to 1) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+# --- the printed report ------------------------------------------------------------------
+
+
+def machine_line(env: dict[str, Any]) -> str:
+    """One line naming the interpreter, Django, the CPUs and the load."""
+    line = (
+        f"Python {env['python']}, Django {env['django']}, {env['cpus']} CPUs ({env['cpu_model']})"
+    )
+    if env.get("load_average"):
+        line += f", load average {env['load_average'][0]}"
+    return line
+
+
+def refused_line(title: str, report: dict[str, Any]) -> str | None:
+    """The report of a refused run in one line, or None when the run went ahead."""
+    if "refused" not in report:
+        return None
+    return f"{title} on {report['environment']['database']}: not run. {report['refused']}"
+
+
+def verdict(passed: bool, text: str) -> str:
+    return f"  {'PASS' if passed else 'FAIL'}  {text}"

@@ -35,7 +35,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from bench.common import bench_environment, machine, number_list, positive
+from bench.common import (
+    QueryCounter,
+    approved_by_owner,
+    bench_environment,
+    bulk_seed,
+    machine,
+    machine_line,
+    migrate_or_refuse,
+    number_list,
+    positive,
+    refused_line,
+    verdict,
+    wipe_bot_tables,
+)
 
 DEFAULT_ROWS = (1_000, 10_000)
 DEFAULT_REPEATS = 3
@@ -89,20 +102,9 @@ def _run(*, sizes: tuple[int, ...], repeats: int, wipe: bool) -> dict[str, Any]:
 
     django.setup()
 
-    from django.core.management import call_command
-
-    from bot.models import QueuedTweet
-
-    call_command("migrate", verbosity=0)
-    if not wipe and QueuedTweet.objects.exists():
-        return {
-            "environment": machine(),
-            "refused": (
-                f"the database already holds queued tweets ({QueuedTweet.objects.count()}), "
-                "and this benchmark empties the bot tables. Point DATABASE_URL at a "
-                "database of its own, or pass --wipe."
-            ),
-        }
+    refused = migrate_or_refuse(wipe=wipe)
+    if refused:
+        return refused
     try:
         _once(_bulk, min(sizes))  # imports, first connections, unreported
         results: dict[str, dict[str, Any]] = {}
@@ -122,7 +124,7 @@ def _run(*, sizes: tuple[int, ...], repeats: int, wipe: bool) -> dict[str, Any]:
                 for method, done in runs.items()
             }
     finally:
-        _wipe()
+        wipe_bot_tables()
     return {
         "environment": machine(),
         "settings": {"rows": list(sizes), "repeats": repeats, "left_alone_share": 0.1},
@@ -134,19 +136,14 @@ def _once(retry: Callable[[], None], size: int) -> Run:
     """Seed ``size`` failed tweets (and some to leave alone), retry them, check."""
     from django.db import connection
 
-    _wipe()
+    wipe_bot_tables()
     _seed(size)
-    count = [0]
-
-    def counted(execute: Callable[..., Any], *args: Any) -> Any:
-        count[0] += 1
-        return execute(*args)
-
-    with connection.execute_wrapper(counted):
+    counter = QueryCounter()
+    with connection.execute_wrapper(counter):
         started = time.perf_counter()
         retry()
         seconds = time.perf_counter() - started
-    return Run(seconds, count[0], _checked(size))
+    return Run(seconds, counter.count, _checked(size))
 
 
 def _bulk() -> None:
@@ -170,7 +167,7 @@ def _per_row() -> None:
 def _seed(size: int) -> None:
     from django.utils import timezone
 
-    from bot.models import Channel, FailedTweet, QueuedTweet, Source, Status
+    from bot.models import FailedTweet, QueuedTweet, Source, Status
 
     now = timezone.now()
     alone = max(1, size // 10)
@@ -187,17 +184,16 @@ def _seed(size: int) -> None:
             summoned=True,
             status=status,
             draft=f"An answer worth sending (#{index}).",
-            approved_at=now - timedelta(hours=1),
-            approved_by="owner",
-            approved_via=Channel.TELEGRAM,
+            **approved_by_owner(now - timedelta(hours=1)),
             attempts=3,
             claimed_at=now if status != Status.FAILED else None,
         )
         for index, status in enumerate(statuses)
     ]
-    QueuedTweet.objects.bulk_create(tweets, batch_size=500)
+    bulk_seed(QueuedTweet, tweets, batch_size=500)
     saved = QueuedTweet.objects.order_by("id").values_list("id", "target_tweet_id")
-    FailedTweet.objects.bulk_create(
+    bulk_seed(
+        FailedTweet,
         (
             FailedTweet(
                 queued_tweet_id=tweet_id,
@@ -237,28 +233,18 @@ def _checked(size: int) -> bool:
     )
 
 
-def _wipe() -> None:
-    from django.apps import apps
-
-    from bot.models import PipelineControl
-
-    for model in apps.get_app_config("bot").get_models():
-        if model is not PipelineControl:
-            model.objects.all().delete()
-
-
 # --- report ----------------------------------------------------------------------------------
 
 
 def _render(report: dict[str, Any]) -> str:
+    refused = refused_line("Dead-letter retry benchmark", report)
+    if refused:
+        return refused
     env = report["environment"]
-    if "refused" in report:
-        return f"Dead-letter retry benchmark on {env['database']}: not run. {report['refused']}"
     results = report["results"]
     lines = [
         f"Dead-letter retry on {env['database']}: every failed reply sent back at once",
-        f"Python {env['python']}, Django {env['django']}, {env['cpus']} CPUs "
-        f"({env['cpu_model']}), load average {env['load_average'][0]}",
+        machine_line(env),
         f"best of {report['settings']['repeats']}; a tenth more rows that must be left alone "
         "(posted, outcome unknown)",
         "",
@@ -288,14 +274,13 @@ def _render(report: dict[str, Any]) -> str:
         for methods in results.values()
         for m in METHODS
     )
-    constant = "PASS" if len(bulk_queries) == 1 else "FAIL"
     lines.append(
-        f"  {constant}  bulk queries the same at every size: {', '.join(map(str, bulk_queries))}"
+        verdict(
+            len(bulk_queries) == 1,
+            f"bulk queries the same at every size: {', '.join(map(str, bulk_queries))}",
+        )
     )
-    lines.append(
-        f"  {'PASS' if checks else 'FAIL'}  every failed reply back at its stage, the others "
-        "left alone"
-    )
+    lines.append(verdict(checks, "every failed reply back at its stage, the others left alone"))
     return "\n".join(lines)
 
 

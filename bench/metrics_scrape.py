@@ -30,11 +30,23 @@ import json
 import random
 import statistics
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from bench.common import bench_environment, machine, number_list, positive
+from bench.common import (
+    QueryCounter,
+    analyze,
+    bench_environment,
+    bulk_seed,
+    machine,
+    machine_line,
+    migrate_or_refuse,
+    number_list,
+    percentile,
+    positive,
+    refused_line,
+    wipe_bot_tables,
+)
 
 DEFAULT_QUEUE_SIZES = (1000, 100_000)
 DEFAULT_SCRAPES = 30
@@ -94,20 +106,10 @@ def _run(*, queue_sizes: tuple[int, ...], scrapes: int, wipe: bool) -> dict[str,
     django.setup()
 
     from django.conf import settings
-    from django.core.management import call_command
 
-    from bot.models import QueuedTweet
-
-    call_command("migrate", verbosity=0)
-    if not wipe and QueuedTweet.objects.exists():
-        return {
-            "environment": machine(),
-            "refused": (
-                f"the database already holds queued tweets ({QueuedTweet.objects.count()}), "
-                "and this benchmark empties the pipeline tables. Point DATABASE_URL at a "
-                "database of its own, or pass --wipe."
-            ),
-        }
+    refused = migrate_or_refuse(wipe=wipe, what="the pipeline tables")
+    if refused:
+        return refused
     settings.METRICS_TOKEN = ""
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]  # Django's test client
     sizes = []
@@ -134,7 +136,7 @@ def _scrape(size: int, scrapes: int) -> dict[str, Any]:
     client = Client()
     first = client.get("/metrics")  # warm-up: imports, the first connection
     body = first.content.decode()
-    counter = _QueryCounter()
+    counter = QueryCounter()
     times = []
     with connection.execute_wrapper(counter):
         for _ in range(scrapes):
@@ -150,7 +152,7 @@ def _scrape(size: int, scrapes: int) -> dict[str, Any]:
     )
     return {
         "p50_ms": statistics.median(times) * 1000,
-        "p99_ms": _percentile(times, 0.99) * 1000,
+        "p99_ms": percentile(times, 0.99) * 1000,
         "max_ms": max(times) * 1000,
         "queries_per_scrape": counter.count / scrapes,
         "bytes": len(first.content),
@@ -158,27 +160,13 @@ def _scrape(size: int, scrapes: int) -> dict[str, Any]:
     }
 
 
-def _percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
-
-
 def _wipe() -> None:
-    from django.apps import apps
-
-    from bot.models import PipelineControl
     from resilience.models import AlertCooldown, AlertEvent, CallCount
 
-    for model in apps.get_app_config("bot").get_models():
-        if model is not PipelineControl:
-            model.objects.all().delete()
-    AlertCooldown.objects.all().delete()
-    AlertEvent.objects.all().delete()
-    CallCount.objects.all().delete()
+    wipe_bot_tables(AlertCooldown, AlertEvent, CallCount)
 
 
 def _prefill(size: int) -> None:
-    from django.db import connection
     from django.utils import timezone
 
     from bot.models import FailedTweet, QueuedTweet, Source, Status
@@ -212,9 +200,10 @@ def _prefill(size: int) -> None:
                 else None,
             )
         )
-    QueuedTweet.objects.bulk_create(rows, batch_size=1000)
+    bulk_seed(QueuedTweet, rows)
     failed = QueuedTweet.objects.filter(status=Status.FAILED).only("id", "target_tweet_id")
-    FailedTweet.objects.bulk_create(
+    bulk_seed(
+        FailedTweet,
         [
             FailedTweet(
                 queued_tweet=row,
@@ -226,10 +215,10 @@ def _prefill(size: int) -> None:
             )
             for row in failed
         ],
-        batch_size=1000,
     )
     kinds = [kind.value for kind in AlertKind]
-    AlertEvent.objects.bulk_create(
+    bulk_seed(
+        AlertEvent,
         [
             AlertEvent(
                 kind=rng.choice(kinds),
@@ -239,33 +228,22 @@ def _prefill(size: int) -> None:
                 repeats=rng.randrange(5),
             )
             for i in range(ALERTS)
-        ]
+        ],
     )
     for name in ("twitter_api", "ai_service", "telegram"):
         calls_add(name, ok=size, rejected=size // 100, last_ok_at=time.time())
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(f"ANALYZE {QueuedTweet._meta.db_table}")
-
-
-class _QueryCounter:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, execute: Callable[..., Any], sql: str, *args: Any) -> Any:
-        self.count += 1
-        return execute(sql, *args)
+    analyze(QueuedTweet)
 
 
 def _render(report: dict[str, Any]) -> str:
+    refused = refused_line("/metrics scrape benchmark", report)
+    if refused:
+        return refused
     env = report["environment"]
-    if "refused" in report:
-        return f"/metrics scrape benchmark on {env['database']}: not run. {report['refused']}"
     cfg = report["settings"]
     lines = [
         f"/metrics scrape on {env['database']}",
-        f"Python {env['python']}, Django {env['django']}, {env['cpus']} CPUs "
-        f"({env['cpu_model']}); {cfg['scrapes']} scrapes per size after one warm-up",
+        f"{machine_line(env)}; {cfg['scrapes']} scrapes per size after one warm-up",
         "",
         f"{'queued tweets':>14}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}"
         f"{'queries':>10}{'bytes':>9}{'fill s':>9}  all rows counted",

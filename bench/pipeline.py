@@ -48,7 +48,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bench.common import bench_environment, machine, number_list, positive
+from bench.common import (
+    analyze,
+    approved_by_owner,
+    bench_environment,
+    bulk_seed,
+    machine,
+    machine_line,
+    migrate_or_refuse,
+    number_list,
+    positive,
+    refused_line,
+    verdict,
+    wipe_bot_tables,
+)
 
 if TYPE_CHECKING:
     from bot.models import QueuedTweet
@@ -236,21 +249,12 @@ def _run(*, posts: int, queue_sizes: tuple[int, ...], repeats: int, wipe: bool) 
     django.setup()
 
     from django.conf import settings
-    from django.core.management import call_command
 
-    from bot.models import QueuedTweet
     from sandbox.harness import Sandbox
 
-    call_command("migrate", verbosity=0)
-    if not wipe and QueuedTweet.objects.exists():
-        return {
-            "environment": _environment(),
-            "refused": (
-                f"the database already holds queued tweets ({QueuedTweet.objects.count()}), "
-                "and this benchmark empties the pipeline tables. Point DATABASE_URL at a "
-                "database of its own, or pass --wipe."
-            ),
-        }
+    refused = migrate_or_refuse(wipe=wipe, what="the pipeline tables")
+    if refused:
+        return refused
 
     with Sandbox() as sandbox:
         for name, value in {**sandbox.env(), **PACING}.items():
@@ -399,23 +403,12 @@ def _outcome(sandbox: Sandbox, batch: list[str]) -> tuple[int, int, int]:
 
 
 def _wipe() -> None:
-    from django.apps import apps
-    from django.conf import settings
-
-    from bot.models import PipelineControl
-    from resilience.models import BreakerRecord
-
-    # Every table of the bot app, so a model added later is emptied too.
-    for model in apps.get_app_config("bot").get_models():
-        if model is not PipelineControl:
-            model.objects.all().delete()
-    PipelineControl.objects.update(publishing_paused=False, paused_reason="")
-    BreakerRecord.objects.filter(name__in=list(settings.RESILIENCE["BREAKERS"])).delete()
+    """Every table of the bot app, and the configured breakers' rows."""
+    wipe_bot_tables(breakers=True)
 
 
 def _prefill(size: int) -> None:
     """``size`` rows the batch has nothing to do with, spread over the last 30 days."""
-    from django.db import connection
     from django.utils import timezone
 
     from bot.models import Channel, Decision, QueuedTweet, Status
@@ -433,7 +426,7 @@ def _prefill(size: int) -> None:
     # bulk_create stamps auto_now(_add) fields with now, on the objects too; the history
     # is put back afterwards.
     history = [(row.created_at, row.updated_at) for row in rows]
-    QueuedTweet.objects.bulk_create(rows, batch_size=500)
+    bulk_seed(QueuedTweet, rows, batch_size=500)
     for row, (created, updated) in zip(rows, history, strict=True):
         row.created_at, row.updated_at = created, updated
     QueuedTweet.objects.bulk_update(rows, ["created_at", "updated_at"], batch_size=500)
@@ -451,18 +444,15 @@ def _prefill(size: int) -> None:
         if row.status in (Status.POSTED, Status.HANDOFF, Status.REJECTED)
         for rejected in [row.status == Status.REJECTED]
     ]
-    Decision.objects.bulk_create(decisions, batch_size=500)
+    bulk_seed(Decision, decisions, batch_size=500)
     for decision in decisions:
         decision.created_at = decision.queued_tweet.updated_at
     Decision.objects.bulk_update(decisions, ["created_at"], batch_size=500)
-    if connection.vendor == "postgresql":
-        # What autovacuum would do soon after; done now so every run plans alike.
-        with connection.cursor() as cursor:
-            cursor.execute(f"ANALYZE {QueuedTweet._meta.db_table}")
+    analyze(QueuedTweet)
 
 
 def _old_row(index: int, status: str, created: datetime, rng: random.Random) -> QueuedTweet:
-    from bot.models import Channel, QueuedTweet, Source, Status
+    from bot.models import QueuedTweet, Source, Status
 
     author = index % 300
     row = QueuedTweet(
@@ -488,17 +478,22 @@ def _old_row(index: int, status: str, created: datetime, rng: random.Random) -> 
     if status == Status.EXPIRED:
         row.skip_reason = "too old to answer"
     elif status == Status.HANDOFF:
-        row.approved_at, row.approved_by, row.approved_via = decided, "owner", Channel.TELEGRAM
+        _approve(row, decided)
         row.scheduled_at = row.updated_at = decided + timedelta(minutes=rng.uniform(5, 30))
     elif status == Status.POSTED:
         claimed = decided + timedelta(minutes=rng.uniform(5, 30))
-        row.approved_at, row.approved_by, row.approved_via = decided, "owner", Channel.TELEGRAM
+        _approve(row, decided)
         row.scheduled_at = row.claimed_at = claimed
         row.publish_request_id = uuid.uuid4()
         row.attempts = 0
         row.reply_tweet_id = str(PREFILL_ID_BASE + 20_000_000 + index)
         row.posted_at = row.updated_at = claimed + timedelta(seconds=rng.uniform(0.2, 2))
     return row
+
+
+def _approve(row: QueuedTweet, when: datetime) -> None:
+    for name, value in approved_by_owner(when).items():
+        setattr(row, name, value)
 
 
 # --- counting ---------------------------------------------------------------------------------
@@ -578,7 +573,7 @@ def _report(
         "every_post_answered_exactly_once": all(run.complete for run in runs),
     }
     return {
-        "environment": _environment(),
+        "environment": machine(),
         "settings": {
             "posts": posts,
             "queue_sizes": sizes,
@@ -705,22 +700,18 @@ def _tally(run: Lifecycle, stage: str) -> Tally:
     return tally
 
 
-def _environment() -> dict[str, Any]:
-    return machine()
-
-
 def _render(report: dict[str, Any]) -> str:
+    refused = refused_line("Pipeline benchmark", report)
+    if refused:
+        return refused
     env = report["environment"]
-    if "refused" in report:
-        return f"Pipeline benchmark on {env['database']}: not run. {report['refused']}"
     cfg, queries, speed = report["settings"], report["queries"], report["throughput"]
     sizes = [str(size) for size in cfg["queue_sizes"]]
     heads = "".join(f"{'queue ' + f'{int(size):,}':>14}" for size in sizes)
     first = queries[sizes[0]]["stages"]
     lines = [
         f"Pipeline: queries per tweet and throughput on {env['database']}",
-        f"Python {env['python']}, Django {env['django']}, {env['cpus']} CPUs "
-        f"({env['cpu_model']}), load average {env['load_average'][0]}",
+        machine_line(env),
         f"{cfg['posts']} new posts per batch from distinct authors, each @mentioning us; "
         f"queue pre-filled with {' / '.join(f'{int(s):,}' for s in sizes)} unrelated rows; "
         f"timing best of {cfg['repeats']}; DEBUG {cfg['debug']}; breaker store "
@@ -795,20 +786,20 @@ def _render(report: dict[str, Any]) -> str:
     lines += [
         "",
         "Targets",
-        _verdict(
+        verdict(
             ok["queries_per_tweet_flat"],
             f"queries per tweet do not grow with the queue (breaker snapshot reads, "
             f"which follow the clock, aside): {totals}",
         ),
-        _verdict(
+        verdict(
             ok["x_posts_read_per_tweet_flat"],
             f"X posts read per tweet do not grow with the queue: {read_totals}",
         ),
-        _verdict(
+        verdict(
             ok["our_timeline_posts_read_at_most_once"],
             f"our timeline ({OUR_TIMELINE}) reads never exceed the posts of ours on X: {ours}",
         ),
-        _verdict(
+        verdict(
             ok["every_post_answered_exactly_once"],
             f"every post answered exactly once in all {len(report['outcomes'])} lifecycles"
             + (f"; instead: {'; '.join(wrong)}" if wrong else ""),
@@ -851,10 +842,6 @@ def _render_reads(report: dict[str, Any], sizes: list[str]) -> list[str]:
         listed = ", ".join(f"{route} {n:,}" for route, n in routes.items()) or "none"
         lines.append(f"  posts by route at {int(size):,} rows: {listed}")
     return lines
-
-
-def _verdict(passed: bool, text: str) -> str:
-    return f"  {'PASS' if passed else 'FAIL'}  {text}"
 
 
 if __name__ == "__main__":

@@ -34,7 +34,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from bench.common import bench_environment, machine, number_list, positive
+from bench.common import (
+    QueryCounter,
+    analyze,
+    approved_by_owner,
+    bench_environment,
+    bulk_seed,
+    machine,
+    machine_line,
+    migrate_or_refuse,
+    number_list,
+    positive,
+    refused_line,
+    verdict,
+    wipe_bot_tables,
+)
 
 if TYPE_CHECKING:
     from bot.services.recovery import RecoveryReport
@@ -116,21 +130,12 @@ def _run(*, rows: int, stale: tuple[int, ...], wipe: bool) -> dict[str, Any]:
     django.setup()
 
     from django.conf import settings
-    from django.core.management import call_command
 
-    from bot.models import QueuedTweet
     from sandbox.harness import Sandbox
 
-    call_command("migrate", verbosity=0)
-    if not wipe and QueuedTweet.objects.exists():
-        return {
-            "environment": machine(),
-            "refused": (
-                f"the database already holds queued tweets ({QueuedTweet.objects.count()}), "
-                "and this benchmark empties the bot tables. Point DATABASE_URL at a "
-                "database of its own, or pass --wipe."
-            ),
-        }
+    refused = migrate_or_refuse(wipe=wipe)
+    if refused:
+        return refused
     results: dict[str, Any] = {}
     with Sandbox() as sandbox:
         for name, value in {**sandbox.env(), **PACING}.items():
@@ -139,7 +144,7 @@ def _run(*, rows: int, stale: tuple[int, ...], wipe: bool) -> dict[str, Any]:
             for count in stale:
                 results[str(count)] = _measure(sandbox, rows=rows, stale=count)
         finally:
-            _wipe()
+            wipe_bot_tables()
     return {
         "environment": machine(),
         "settings": {"rows": rows, "stale": list(stale), "mix": dict(STALE_MIX), "pacing": PACING},
@@ -153,7 +158,7 @@ def _measure(sandbox: Sandbox, *, rows: int, stale: int) -> dict[str, Any]:
     from bot.services.recovery import recover_stale_tweets
     from resilience import registry
 
-    _wipe()
+    wipe_bot_tables()
     sandbox.reset()
     cache.clear()
     registry.clear()
@@ -172,7 +177,7 @@ def _measure(sandbox: Sandbox, *, rows: int, stale: int) -> dict[str, Any]:
 def _timed(run: Callable[[], RecoveryReport]) -> Run:
     from django.db import connection
 
-    counter = _Counter()
+    counter = QueryCounter()
     with connection.execute_wrapper(counter):
         started = time.perf_counter()
         report = run()
@@ -180,35 +185,11 @@ def _timed(run: Callable[[], RecoveryReport]) -> Run:
     return Run(seconds=seconds, queries=counter.count, report=report.as_dict())
 
 
-class _Counter:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(
-        self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
-    ):
-        self.count += 1
-        return execute(sql, params, many, context)
-
-
 # --- seeding -----------------------------------------------------------------------------------
-
-
-def _wipe() -> None:
-    from django.apps import apps
-
-    from bot.models import PipelineControl
-
-    for model in apps.get_app_config("bot").get_models():
-        if model is not PipelineControl:
-            model.objects.all().delete()
-    PipelineControl.objects.get_or_create(pk=1)
-    PipelineControl.objects.update(publishing_paused=False, paused_reason="")
 
 
 def _seed(sandbox: Sandbox, *, rows: int, stale: int) -> dict[str, int]:
     """``rows`` queued tweets, ``stale`` of them left behind in ``STALE_MIX``; per kind."""
-    from django.db import connection
     from django.utils import timezone
 
     from bot.models import (
@@ -224,7 +205,7 @@ def _seed(sandbox: Sandbox, *, rows: int, stale: int) -> dict[str, int]:
     now = timezone.now()
     counts = {kind: int(stale * share) for kind, share in STALE_MIX}
     counts["history"] = rows - sum(counts.values())
-    approved = {"approved_at": now - timedelta(hours=2), "approved_by": "owner"}
+    approved = approved_by_owner(now - timedelta(hours=2))
     lease_over = {
         "claimed_at": now - timedelta(minutes=40),
         "lease_until": now - timedelta(minutes=35),
@@ -257,7 +238,7 @@ def _seed(sandbox: Sandbox, *, rows: int, stale: int) -> dict[str, int]:
                 )
             )
             index += 1
-    QueuedTweet.objects.bulk_create(made, batch_size=2000)
+    bulk_seed(QueuedTweet, made, batch_size=2000)
     by_kind: dict[str, list[str]] = {}
     for row, kind in zip(made, _kinds(counts), strict=True):
         by_kind.setdefault(kind, []).append(row.target_tweet_id)
@@ -266,7 +247,8 @@ def _seed(sandbox: Sandbox, *, rows: int, stale: int) -> dict[str, int]:
             "target_tweet_id", "id"
         )
     )
-    FailedTweet.objects.bulk_create(
+    bulk_seed(
+        FailedTweet,
         [
             FailedTweet(
                 queued_tweet_id=ids[target],
@@ -281,7 +263,8 @@ def _seed(sandbox: Sandbox, *, rows: int, stale: int) -> dict[str, int]:
         ],
         batch_size=2000,
     )
-    ApprovalMessage.objects.bulk_create(
+    bulk_seed(
+        ApprovalMessage,
         [
             ApprovalMessage(queued_tweet_id=ids[target], sending_until=now - timedelta(minutes=5))
             for target in by_kind.get("approval", [])
@@ -293,10 +276,7 @@ def _seed(sandbox: Sandbox, *, rows: int, stale: int) -> dict[str, int]:
     for target in on_x:
         sandbox.x.publish(OUR_USERNAME, f"a reply to {target}", reply_to=target)
     counts["publishing_on_x"] = len(on_x)
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            for model in (QueuedTweet, FailedTweet, ApprovalMessage):
-                cursor.execute(f"ANALYZE {model._meta.db_table}")
+    analyze(QueuedTweet, FailedTweet, ApprovalMessage)
     return counts
 
 
@@ -347,16 +327,16 @@ def _spread() -> dict[str, Any]:
 
 
 def _render(report: dict[str, Any]) -> str:
+    refused = refused_line("recover_stale benchmark", report)
+    if refused:
+        return refused
     env = report["environment"]
-    if "refused" in report:
-        return f"recover_stale benchmark on {env['database']}: not run. {report['refused']}"
     cfg, results = report["settings"], report["results"]
     sizes = list(results)
     head = "".join(f"{f'{int(s):,} stale':>22}" for s in sizes)
     lines = [
         f"recover_stale over {cfg['rows']:,} queued tweets on {env['database']}",
-        f"Python {env['python']}, Django {env['django']}, {env['cpus']} CPUs "
-        f"({env['cpu_model']}), load average {env['load_average'][0]}",
+        machine_line(env),
         "stale mix: " + ", ".join(f"{k} {v:.0%}" for k, v in cfg["mix"].items()),
         "",
         f"  {'':<28}{head}",
@@ -378,9 +358,9 @@ def _render(report: dict[str, Any]) -> str:
     lines.append("")
     for size in sizes:
         failed = [name for name, ok in results[size]["checks"].items() if not ok]
-        verdict = "PASS" if not failed else "FAIL " + ", ".join(failed)
         actions = results[size]["real"]["report"]["actions"]
-        lines.append(f"  {verdict}  {int(size):,} stale: every row settled as its kind says")
+        text = f"{int(size):,} stale: every row settled as its kind says"
+        lines.append(verdict(not failed, text + (f" (not: {', '.join(failed)})" if failed else "")))
         lines.append("        " + ", ".join(f"{k} {v:,}" for k, v in actions.items() if v))
     return "\n".join(lines)
 

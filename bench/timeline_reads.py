@@ -51,7 +51,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bench.common import bench_environment, machine, number_list, positive
+from bench.common import (
+    approved_by_owner,
+    bench_environment,
+    machine,
+    machine_line,
+    migrate_or_refuse,
+    number_list,
+    positive,
+    refused_line,
+    verdict,
+    wipe_bot_tables,
+)
 
 if TYPE_CHECKING:
     from bot.clients.x import Page, XClient
@@ -233,23 +244,14 @@ def _run(
     django.setup()
 
     from django.conf import settings
-    from django.core.management import call_command
 
-    from bench.pipeline import PACING, _wipe
+    from bench.pipeline import PACING
     from bot.clients.x import XClient
-    from bot.models import QueuedTweet
     from sandbox.harness import Sandbox
 
-    call_command("migrate", verbosity=0)
-    if not wipe and QueuedTweet.objects.exists():
-        return {
-            "environment": machine(),
-            "refused": (
-                f"the database already holds queued tweets ({QueuedTweet.objects.count()}), "
-                "and this benchmark empties the pipeline tables. Point DATABASE_URL at a "
-                "database of its own, or pass --wipe."
-            ),
-        }
+    refused = migrate_or_refuse(wipe=wipe, what="the pipeline tables")
+    if refused:
+        return refused
     reconcile_every, publish_every = _periods()
     days: dict[str, Any] = {}
     after: datetime | None = None
@@ -274,7 +276,7 @@ def _run(
                 after = datetime.fromisoformat(days[str(n)]["end"])
         finally:
             XClient.our_posts = original  # type: ignore[method-assign]
-            _wipe()
+            wipe_bot_tables(breakers=True)
     return _report(
         days,
         hours=hours,
@@ -308,14 +310,13 @@ def _day(
     from django.core.cache import cache
     from django.utils import timezone
 
-    from bench.pipeline import _wipe
     from bot import tasks
     from bot.models import QueuedTweet, Status
     from bot.services.reconciling import our_replies_refresh
     from resilience import registry
     from sandbox.x_api import OUR_USERNAME
 
-    _wipe()
+    wipe_bot_tables(breakers=True)
     cache.clear()
     registry.clear()
     sandbox.reset()
@@ -395,7 +396,7 @@ def _hand_off(sandbox: Sandbox) -> str:
     """A reply the API may not send (the author never summoned us), handed to the owner."""
     from django.utils import timezone
 
-    from bot.models import Channel, QueuedTweet, Source, Status
+    from bot.models import QueuedTweet, Source, Status
 
     now = timezone.now()
     post_id = sandbox.x.publish("dana", "Circuit breakers in Django: worth it, or overkill?")
@@ -412,9 +413,7 @@ def _hand_off(sandbox: Sandbox) -> str:
         variants=["Worth it once a second service is involved; keep the state shared."],
         draft_attempts=1,
         draft_version=1,
-        approved_at=now,
-        approved_by="owner",
-        approved_via=Channel.TELEGRAM,
+        **approved_by_owner(now),
         scheduled_at=now,
     )
     return post_id
@@ -424,7 +423,7 @@ def _reply_due(sandbox: Sandbox, index: int) -> str:
     """Someone @mentions us; the owner approved our reply and it is due now."""
     from django.utils import timezone
 
-    from bot.models import Channel, QueuedTweet, Source, Status
+    from bot.models import QueuedTweet, Source, Status
     from sandbox.x_api import OUR_USERNAME
 
     now = timezone.now()
@@ -445,9 +444,7 @@ def _reply_due(sandbox: Sandbox, index: int) -> str:
         variants=[draft],
         draft_attempts=1,
         draft_version=1,
-        approved_at=now,
-        approved_by="owner",
-        approved_via=Channel.TELEGRAM,
+        **approved_by_owner(now),
         scheduled_at=now,
     )
     return post_id
@@ -538,15 +535,15 @@ def _report(
 
 
 def _render(report: dict[str, Any]) -> str:
+    refused = refused_line("Timeline reads benchmark", report)
+    if refused:
+        return refused
     env = report["environment"]
-    if "refused" in report:
-        return f"Timeline reads benchmark on {env['database']}: not run. {report['refused']}"
     cfg, days, ok = report["settings"], report["days"], report["verdicts"]
     counts = [str(n) for n in cfg["our_posts_per_day"]]
     lines = [
         f"Our timeline: posts read from X over a simulated {cfg['hours']} h, on {env['database']}",
-        f"Python {env['python']}, Django {env['django']}, {env['cpus']} CPUs "
-        f"({env['cpu_model']}), load average {env['load_average'][0]}",
+        machine_line(env),
         f"One reply handed off 30 min before the start, never posted by the owner; "
         f"approved replies falling due and going by API: {cfg['replies_per_day']} a day; reconcile "
         f"every {cfg['reconcile_every_minutes']} min, publish every "
@@ -606,26 +603,22 @@ def _render(report: dict[str, Any]) -> str:
         for n in counts
     )
     lines += [
-        _verdict(
+        verdict(
             ok["current_reads_each_post_at_most_once"],
             f"(a) reads each of our posts from X at most once: {detail}",
         ),
-        _verdict(
+        verdict(
             ok["current_misses_none"],
             f"(a) reads every post of ours made before its last read: {missed}",
         ),
-        _verdict(
+        verdict(
             ok["current_flat_as_posts_grow"],
             f"(a) stays flat as N grows, at most 1 read per post of ours: {flat}",
         ),
-        _verdict(ok["current_reads_less_than_old"], f"(a) costs less than (b): {cheaper}"),
-        _verdict(ok["day_as_planned"], f"the day went as planned: {planned}"),
+        verdict(ok["current_reads_less_than_old"], f"(a) costs less than (b): {cheaper}"),
+        verdict(ok["day_as_planned"], f"the day went as planned: {planned}"),
     ]
     return "\n".join(lines)
-
-
-def _verdict(passed: bool, text: str) -> str:
-    return f"  {'PASS' if passed else 'FAIL'}  {text}"
 
 
 if __name__ == "__main__":
