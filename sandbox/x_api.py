@@ -56,6 +56,13 @@ shown by ``snapshot()`` and settable through ``seed_state()``, i.e. ``/_sandbox/
   decides, refuse app-only (bearer) auth with the 403 ``unsupported-authentication``
   problem, like ``me`` and the writes always do.
 
+Eventual consistency: ``app.timeline_lag = 5.0`` (seconds, default 0) makes timelines
+and search (``user_tweets``, ``user_mentions``, ``search_recent``) trail writes as X's
+do: a post shows there only once ``timeline_lag`` seconds of ``app.clock`` have passed
+since it was created. Every post trails by the same time, so posts still appear in id
+order. ``POST /2/tweets`` answers at once and a lookup by id (``tweet_lookup``) finds
+the post at once, as on X.
+
 Read accounting: ``app.posts_returned`` counts the posts each route put in ``data``
 (``{"search_recent": 120, ...}``), for a benchmark's posts-read-per-pass figure; it is
 in ``snapshot()`` and zeroed by ``reset()`` (never seeded).
@@ -307,6 +314,7 @@ class XApp(App):
         self.read_only = False  # the app's permissions: Read only refuses writes
         self.enrolled = True  # the app is attached to a Project
         self.user_context_only: set[str] = set()  # routes refusing bearer auth besides
+        self.timeline_lag = 0.0  # seconds a new post is missing from timelines and search
         self._account_state = "active"
         self.posts_returned: dict[str, int] = {}  # posts put in ``data``, per route
         self.users: dict[str, XUser] = {}
@@ -334,7 +342,8 @@ class XApp(App):
 
     def reset(self) -> None:
         """Back to just our account, default limits, no faults, the rule enforced, the
-        account active, the app read-write and enrolled, no posts counted as read."""
+        account active, the app read-write and enrolled, no posts counted as read, and
+        timelines that show a post as soon as it is created."""
         super().reset()
         with self.lock:
             self.credentials = dict(SANDBOX_CREDENTIALS)
@@ -447,6 +456,7 @@ class XApp(App):
                 "account_state": self.account_state,
                 "enrolled": self.enrolled,
                 "user_context_only": sorted(self.user_context_only),
+                "timeline_lag": self.timeline_lag,
                 "now": _iso(self.clock()),
                 "users": [u.to_dict() for u in self.users.values()],
                 "posts": [p.to_dict() for p in self._newest_first(self.posts.values())],
@@ -464,7 +474,7 @@ class XApp(App):
         "text", "id"?, "reply_to"?, "quote_of"?, "retweet_of"?, "created_at"? (ISO or
         Unix seconds)}], "deleted"?: [posts], "exempt"?: bool, "read_only"?: bool,
         "account_state"?: "active" | "suspended" | "locked", "enrolled"?: bool,
-        "user_context_only"?: [route], "schedules"?: [{"username", "texts",
+        "user_context_only"?: [route], "timeline_lag"?: seconds, "schedules"?: [{"username", "texts",
         "every_seconds"}], "limits"?: {endpoint: limit}}``
         """
         with self.lock:
@@ -489,6 +499,11 @@ class XApp(App):
                 self.enrolled = bool(data["enrolled"])
             if "user_context_only" in data:
                 self.user_context_only = set(data["user_context_only"])
+            if "timeline_lag" in data:
+                lag = float(data["timeline_lag"])
+                if not 0 <= lag < math.inf:
+                    raise ValueError("timeline_lag must be a number of seconds, 0 or more")
+                self.timeline_lag = lag
             for plan in data.get("schedules", []):
                 every = plan.get("every_seconds", plan.get("every"))
                 self.schedule_posts(plan["username"], plan["texts"], every)
@@ -538,6 +553,7 @@ class XApp(App):
         self.read_only = False
         self.enrolled = True
         self.user_context_only = set()
+        self.timeline_lag = 0.0
         self._account_state = "active"
         self.posts_returned = {}
         self.users = {}
@@ -935,11 +951,14 @@ class XApp(App):
         below = _decode_token(request, cursor)
         start_time = _time_arg(request, "start_time")
         end_time = _time_arg(request, "end_time")
+        # What the timeline shows by now: it trails writes by ``timeline_lag``.
+        shown_by = self.clock() - self.timeline_lag
 
         chosen = [
             p
             for p in self._newest_first(posts)
-            if (since_id is None or int(p.id) > int(since_id))
+            if p.created_at <= shown_by
+            and (since_id is None or int(p.id) > int(since_id))
             and (until_id is None or int(p.id) < int(until_id))
             and (below is None or int(p.id) < below)
             and (start_time is None or p.created_at >= start_time)

@@ -794,3 +794,39 @@ def test_control_api_seeds_and_reads_state(x):
     assert [p["text"] for p in state["posts"]] == ["seeded @replyguy"]
     mentions = x.get(f"/2/users/{OUR_USER_ID}/mentions").json()
     assert mentions["data"][0]["text"] == "seeded @replyguy"
+
+
+# --- eventual consistency ---------------------------------------------------------------------
+
+
+def test_timelines_and_search_trail_writes_by_the_lag_a_lookup_does_not(app, x, clock):
+    app.timeline_lag = 5.0
+    app.add_user("alice")
+    before = app.publish("alice", "early @replyguy chaos question")
+    clock.advance(10)
+    mention = app.publish("alice", "late @replyguy chaos question")
+    created = x.post({"text": "our fresh post"}).json()["data"]["id"]
+
+    def ids(path: str, auth: str = "user", **params) -> list[str]:
+        return [p["id"] for p in x.get(path, auth=auth, **params).json().get("data", [])]
+
+    # Created, answered, and found by id at once; not yet on a timeline or in search.
+    assert x.get(f"/2/tweets/{created}").json()["data"]["id"] == created
+    assert ids(f"/2/users/{OUR_USER_ID}/tweets") == []
+    assert ids(f"/2/users/{OUR_USER_ID}/mentions") == [before]
+    assert ids("/2/tweets/search/recent", auth="app", query="chaos") == [before]
+    clock.advance(4.9)
+    assert ids(f"/2/users/{OUR_USER_ID}/tweets") == []
+    clock.advance(0.1)  # exactly the lag: shown
+    assert ids(f"/2/users/{OUR_USER_ID}/tweets") == [created]
+    assert ids(f"/2/users/{OUR_USER_ID}/mentions") == [mention, before]
+    assert ids("/2/tweets/search/recent", auth="app", query="chaos") == [mention, before]
+
+
+def test_timeline_lag_is_seeded_shown_and_reset(app, x):
+    assert requests.post(f"{x.url}/_sandbox/seed", json={"timeline_lag": 3}, timeout=5).ok
+    assert requests.get(f"{x.url}/_sandbox/state", timeout=5).json()["timeline_lag"] == 3.0
+    with pytest.raises(ValueError, match="timeline_lag"):
+        app.seed_state({"timeline_lag": -1})
+    app.reset()
+    assert app.timeline_lag == 0.0
