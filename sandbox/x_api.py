@@ -474,8 +474,8 @@ class XApp(App):
         "text", "id"?, "reply_to"?, "quote_of"?, "retweet_of"?, "created_at"? (ISO or
         Unix seconds)}], "deleted"?: [posts], "exempt"?: bool, "read_only"?: bool,
         "account_state"?: "active" | "suspended" | "locked", "enrolled"?: bool,
-        "user_context_only"?: [route], "timeline_lag"?: seconds, "schedules"?: [{"username", "texts",
-        "every_seconds"}], "limits"?: {endpoint: limit}}``
+        "user_context_only"?: [route], "timeline_lag"?: seconds, "schedules"?:
+        [{"username", "texts", "every_seconds"}], "limits"?: {endpoint: limit}}``
         """
         with self.lock:
             for user in data.get("users", []):
