@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from typing import Any
 
-from bench.common import bench_environment, machine, positive
+from bench.common import bench_environment, machine, positive, verdict
 
 # Our breaker with the store production uses by default. The names are distinct so
 # a run against a real database never meets a row a service owns; they are deleted
@@ -408,23 +408,23 @@ def _render(report: dict[str, Any]) -> str:
         f"  pybreaker  {mem['pybreaker_bytes']:>+9,} B",
         "",
         "Targets",
-        _verdict(
+        verdict(
             ok["success_no_slower_than_pybreaker"],
             f"success path no slower than pybreaker: {_us(success['ours_ns'])} "
             f"vs {_us(success['pybreaker_ns'])} per call",
         ),
-        _verdict(
+        verdict(
             ok["no_query_per_successful_call"],
             f"no database query per successful call: {q['count']} queries over "
             f"{q['calls']:,} calls, {q['writes']} writes, at most one refresh per "
             f"{q['snapshot_ttl']} s (bound {q['refresh_bound']})",
         ),
-        _verdict(
+        verdict(
             ok["rejection_no_slower_than_pybreaker"],
             f"rejection no slower than pybreaker's: {_us(rejection['ours_ns'])} "
             f"vs {_us(rejection['pybreaker_ns'])} per call",
         ),
-        _verdict(
+        verdict(
             ok["no_memory_growth_over_rejections"],
             f"no memory growth over {mem['calls']:,} rejections: "
             f"{mem['ours_bytes']:+,} B (budget {mem['budget_bytes']:,} B)",
@@ -440,10 +440,6 @@ def _row(label: str, raw_ns: float, net_ns: float | None) -> str:
 
 def _us(ns: float) -> str:
     return f"{ns / 1000:.3f} µs"
-
-
-def _verdict(passed: bool, text: str) -> str:
-    return f"  {'PASS' if passed else 'FAIL'}  {text}"
 
 
 if __name__ == "__main__":

@@ -165,6 +165,39 @@ def approved_by_owner(when: Any) -> dict[str, Any]:
     return {"approved_at": when, "approved_by": "owner", "approved_via": Channel.TELEGRAM}
 
 
+def reply_due(sandbox: Any, index: int, *, author: str = "asker") -> str:
+    """Someone @mentions us on the sandbox's X (so the API may answer); the owner approved
+    our reply and it is due now. Returns the post's id. Every reply's text is its own (X
+    refuses a reply identical to one we posted before)."""
+    from django.utils import timezone
+
+    from bot.models import QueuedTweet, Source, Status
+    from sandbox.x_api import OUR_USERNAME
+
+    now = timezone.now()
+    username = f"{author}{index:04d}"
+    text = f"@{OUR_USERNAME} question {index + 1}: how do you test a queue without sleeping?"
+    post_id = sandbox.x.publish(username, text)
+    draft = f"Answer {index + 1}: move the clock, never sleep; assert on what moved."
+    QueuedTweet.objects.create(
+        target_tweet_id=post_id,
+        author_id=sandbox.x.add_user(username),
+        author_username=username,
+        text=text,
+        tweet_created_at=now,
+        source=Source.MENTION,
+        summoned=True,
+        status=Status.APPROVED,
+        draft=draft,
+        variants=[draft],
+        draft_attempts=1,
+        draft_version=1,
+        **approved_by_owner(now),
+        scheduled_at=now,
+    )
+    return post_id
+
+
 # --- measuring ---------------------------------------------------------------------------
 
 

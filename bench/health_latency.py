@@ -35,7 +35,7 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
-from bench.common import bench_environment, machine, positive
+from bench.common import bench_environment, machine, machine_line, percentile, positive
 
 DEFAULT_SECONDS = 15
 DEFAULT_CLIENTS = 4
@@ -217,23 +217,17 @@ def _load(url: str, *, seconds: int, clients: int) -> dict[str, Any]:
         "requests": len(latencies),
         "per_second": len(latencies) / wall,
         "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": _percentile(latencies, 0.99) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
         "max_ms": max(latencies) * 1000,
         "statuses": dict(statuses),
     }
-
-
-def _percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def _render(report: dict[str, Any]) -> str:
     env, cfg = report["environment"], report["settings"]
     lines = [
         f"Health probe latency on {env['database']} while X, the model and Telegram hang",
-        f"Python {env['python']}, Django {env['django']}, {env['cpus']} CPUs "
-        f"({env['cpu_model']}); {cfg['clients']} clients, {cfg['seconds']} s per endpoint; "
+        f"{machine_line(env)}; {cfg['clients']} clients, {cfg['seconds']} s per endpoint; "
         f"naive checks time out after {cfg['naive_timeout']:g} s",
         "",
         f"{'endpoint':<16}{'requests':>9}{'req/s':>8}{'p50 ms':>10}{'p99 ms':>10}"

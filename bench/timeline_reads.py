@@ -60,6 +60,7 @@ from bench.common import (
     number_list,
     positive,
     refused_line,
+    reply_due,
     verdict,
     wipe_bot_tables,
 )
@@ -356,7 +357,7 @@ def _day(
             clock.move_to(start + timedelta(minutes=minute))
             hour = (minute - 1) // 60
             if minute in due:
-                replies.append(_reply_due(sandbox, len(replies)))
+                replies.append(reply_due(sandbox, len(replies)))
             if minute % publish_every == 0:
                 with reads.one_pass(current, "publish", hour):
                     tasks.publish()
@@ -411,37 +412,6 @@ def _hand_off(sandbox: Sandbox) -> str:
         status=Status.HANDOFF,
         draft="Worth it once a second service is involved; keep the state shared.",
         variants=["Worth it once a second service is involved; keep the state shared."],
-        draft_attempts=1,
-        draft_version=1,
-        **approved_by_owner(now),
-        scheduled_at=now,
-    )
-    return post_id
-
-
-def _reply_due(sandbox: Sandbox, index: int) -> str:
-    """Someone @mentions us; the owner approved our reply and it is due now."""
-    from django.utils import timezone
-
-    from bot.models import QueuedTweet, Source, Status
-    from sandbox.x_api import OUR_USERNAME
-
-    now = timezone.now()
-    author = f"asker{index:04d}"
-    text = f"@{OUR_USERNAME} question {index + 1}: how do you test a queue without sleeping?"
-    post_id = sandbox.x.publish(author, text)
-    draft = f"Answer {index + 1}: move the clock, never sleep; assert on what moved."
-    QueuedTweet.objects.create(
-        target_tweet_id=post_id,
-        author_id=sandbox.x.add_user(author),
-        author_username=author,
-        text=text,
-        tweet_created_at=now,
-        source=Source.MENTION,
-        summoned=True,
-        status=Status.APPROVED,
-        draft=draft,
-        variants=[draft],
         draft_attempts=1,
         draft_version=1,
         **approved_by_owner(now),
