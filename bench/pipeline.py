@@ -108,6 +108,7 @@ PREFILL_MIX: list[tuple[str, float]] = [
 PREFILL_DAYS = 30
 # Pre-filled post ids sit far below the sandbox's snowflakes, so they never collide.
 PREFILL_ID_BASE = 1_000_000_000_000_000_000
+PREFILL_MESSAGE_BASE = 900_000_000
 
 TOPICS = [
     "retries without sleeping",
@@ -411,7 +412,7 @@ def _prefill(size: int) -> None:
     """``size`` rows the batch has nothing to do with, spread over the last 30 days."""
     from django.utils import timezone
 
-    from bot.models import Channel, Decision, QueuedTweet, Status
+    from bot.models import ApprovalMessage, Channel, Decision, QueuedTweet, Status
 
     rng = random.Random(SEED + size)
     now = timezone.now()
@@ -448,6 +449,22 @@ def _prefill(size: int) -> None:
     for decision in decisions:
         decision.created_at = decision.queued_tweet.updated_at
     Decision.objects.bulk_update(decisions, ["created_at"], batch_size=500)
+    # The owner was told of every handed-off reply at the time (a Telegram message with
+    # its link): without that message the notify stage would send it now, one a second.
+    bulk_seed(
+        ApprovalMessage,
+        (
+            ApprovalMessage(
+                queued_tweet=row,
+                message_id=PREFILL_MESSAGE_BASE + index,
+                sent_at=row.updated_at,
+                settled=True,
+            )
+            for index, row in enumerate(rows)
+            if row.status == Status.HANDOFF
+        ),
+        batch_size=500,
+    )
     analyze(QueuedTweet)
 
 
