@@ -18,7 +18,7 @@ from bot.telegram.outbox import ask_owner
 from bot.telegram.updates import handle_received, receive
 from resilience import ServiceError
 from resilience.alerts import deliver_alerts
-from resilience.db import with_db_recovery
+from resilience.db import CONNECTION_ERRORS, with_db_recovery
 
 log = logging.getLogger("bot.telegram.poller")
 
@@ -141,12 +141,17 @@ class Poller:
             self.stop.wait((CONFLICT_PAUSE if conflict else ERROR_PAUSE) if poll_seconds else 0)
             updates = []
         for update in updates:
-            # Past it whatever happens: one update we cannot keep never blocks the rest.
-            self.offset = max(self.offset or 0, int(update.get("update_id", 0)) + 1)
             try:
                 receive(update)
+            except CONNECTION_ERRORS:
+                # The database, not the update: the offset stays before it, so Telegram
+                # gives it again once with_db_recovery has a new connection.
+                raise
             except Exception:
                 log.exception("telegram: update %s could not be kept", update.get("update_id"))
+            # Past it once kept, or refused for itself: one update we cannot keep never
+            # blocks the rest.
+            self.offset = max(self.offset or 0, int(update.get("update_id", 0)) + 1)
         handle_received(self.client)
         if time.time() - self.last_workers_check >= WORKERS_EVERY:
             self.last_workers_check = time.time()
