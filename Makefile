@@ -17,28 +17,14 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-# Local mode: DEBUG on, SQLite file in var/, the web server, one django-q2 cluster and,
-# when Telegram is configured, its poller. Variables in .env (if present) override the
+# Local mode (replyguy/launch.py): DEBUG on, SQLite file in var/, the web server, one
+# django-q2 cluster and the Telegram poller. Variables in .env (if present) override the
 # defaults. Without X credentials the local sandbox stands in for X, the model and
-# Telegram (the owner's chat in a browser at the sandbox phone), with demo accounts posting.
+# Telegram (the owner's chat in a browser at the sandbox phone), with demo accounts
+# posting. What it adds to .env goes to var/local.env, which manage.py reads too.
+# Ctrl-C stops everything.
 run: $(STAMP)
-	@set -e; if [ -f .env ]; then set -a; . ./.env; set +a; fi; \
-	export DEBUG=$${DEBUG:-true}; \
-	$(BIN)/python manage.py migrate --no-input; \
-	$(BIN)/python manage.py local_admin; \
-	pids=""; \
-	if [ -z "$${X_API_KEY:-}" ]; then \
-	  eval "$$($(BIN)/python manage.py sandbox --env)"; \
-	  $(BIN)/python manage.py sandbox --demo & pids="$$!"; \
-	  echo "No X_API_KEY: X, the model and Telegram are the local sandbox (manage.py sandbox)"; \
-	fi; \
-	$(BIN)/python manage.py qcluster & pids="$$pids $$!"; \
-	if [ -n "$${TELEGRAM_BOT_TOKEN:-}" ]; then \
-	  $(BIN)/python manage.py telegram_bot & pids="$$pids $$!"; \
-	fi; \
-	trap 'kill $$pids 2>/dev/null; wait; exit' EXIT INT TERM; \
-	echo "Reply Guy: admin at http://$(HOST):$(PORT)/admin/ (Ctrl-C stops everything)"; \
-	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT)
+	@$(BIN)/python -m replyguy.launch --host $(HOST) --port $(PORT)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q

@@ -6,12 +6,10 @@ page never calls X, the model or Telegram, so it answers while they hang.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db.models import Count
@@ -22,6 +20,7 @@ from bot.selectors import publishing_paused
 from bot.services import heartbeat
 from bot.services.scheduling import Timing, next_reply_out, paused_words
 from bot.services.x_usage import Usage, usage_today
+from bot.simulated import simulated
 from resilience.admin import breaker_in_words
 from resilience.models import AlertEvent
 from resilience.registry import all_breakers
@@ -34,22 +33,12 @@ RECENT_ALERTS = 8
 @dataclass(frozen=True)
 class Outside:
     """An outside service as configured: where its calls go, and whether that is the
-    local sandbox (a loopback address: ``make run`` and the tests start the stand-ins
-    there; a real X, model or Telegram is never on this machine's loopback)."""
+    local sandbox (``bot.simulated``)."""
 
     name: str
     setting: str
     url: str
-
-    @property
-    def sandbox(self) -> bool:
-        host = urlsplit(self.url).hostname or ""
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+    sandbox: bool
 
 
 @dataclass(frozen=True)
@@ -82,9 +71,12 @@ class Dashboard:
 
 def outside_services() -> list[Outside]:
     return [
-        Outside("X", "X_API_BASE_URL", settings.X_API_BASE_URL),
-        Outside("the model", "OPENAI_BASE_URL", settings.OPENAI_BASE_URL),
-        Outside("Telegram", "TELEGRAM_API_BASE_URL", settings.TELEGRAM_API_BASE_URL),
+        Outside(name, setting, getattr(settings, setting), simulated(service))
+        for service, name, setting in (
+            ("x", "X", "X_API_BASE_URL"),
+            ("llm", "the model", "OPENAI_BASE_URL"),
+            ("telegram", "Telegram", "TELEGRAM_API_BASE_URL"),
+        )
     ]
 
 

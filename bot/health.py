@@ -18,7 +18,6 @@ import dataclasses
 import time
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db.models import Count, Min
@@ -32,6 +31,7 @@ from bot.models import FailedTweet, FailedTweetStatus
 from bot.selectors import due_replies, publishing_paused
 from bot.services.heartbeat import SILENT_AFTER, last_beat
 from bot.services.notices import BREAKERS
+from bot.simulated import simulated
 from resilience.alerts import AlertKind
 from resilience.calls import Calls, calls_by_breaker
 from resilience.health import (
@@ -178,7 +178,7 @@ def status_document(results: list[HealthCheckResult]) -> dict[str, Any]:
             "status": status,
             flag: usable,
             "configured": configured,
-            "simulated": _simulated(service),
+            "simulated": simulated(service),
             **summary,
         }
     doc["checks"] = {repr(r.check): "OK" if r.error is None else str(r.error) for r in results}
@@ -214,24 +214,3 @@ def _setup_refused(service: str, answered: datetime | None) -> bool:
     if refused_at is None:
         return False
     return answered is None or answered < refused_at
-
-
-def _simulated(service: str) -> bool:
-    """The local sandbox stands in for this service: a loopback URL with its well-known
-    credential (a real local model server, say Ollama, has neither the sandbox's key)."""
-    from sandbox.harness import SANDBOX_OPENAI_KEY
-    from sandbox.telegram_api import TelegramApp
-    from sandbox.x_api import SANDBOX_CREDENTIALS
-
-    url, credential, fake = {
-        "x": (settings.X_API_BASE_URL, settings.X_API_KEY, SANDBOX_CREDENTIALS["consumer_key"]),
-        "llm": (settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY, SANDBOX_OPENAI_KEY),
-        "telegram": (
-            settings.TELEGRAM_API_BASE_URL,
-            settings.TELEGRAM_BOT_TOKEN,
-            TelegramApp.DEFAULT_TOKEN,
-        ),
-    }[service]
-    host = urlsplit(url or "").hostname or ""
-    loopback = host in ("localhost", "::1") or host.startswith("127.")
-    return loopback and credential == fake

@@ -56,6 +56,22 @@ class Pacing:
             spacing=timedelta(minutes=settings.MIN_SPACING_MINUTES),
         )
 
+    def summary(self) -> str:
+        """When an approved reply goes out, in words (said at start and in the docs)."""
+        low, high = (int(span.total_seconds() // 60) for span in (self.min_delay, self.max_delay))
+        delay = f"{low} min" if low == high else f"{low} to {high} min"
+        quiet = (
+            "no quiet hours"
+            if self.quiet_start == self.quiet_end
+            else f"none {self.quiet_start:02d}:00-{self.quiet_end:02d}:00 ({self.tz.key})"
+        )
+        spacing = int(self.spacing.total_seconds() // 60)
+        return (
+            f"an approved reply goes out {delay} after approval, at least {spacing} min "
+            f"after the last one, at most {self.per_hour} an hour and {self.per_day} a day, "
+            f"{quiet}"
+        )
+
     def random_delay(self, rng: random.Random | None = None) -> timedelta:
         low, high = self.min_delay.total_seconds(), self.max_delay.total_seconds()
         return timedelta(seconds=(rng or random).uniform(low, high))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -87,6 +89,12 @@ TEMPLATES = [
 # a read transaction tries to upgrade; WAL lets readers run beside the writer.
 SQLITE_PATH = VAR_DIR / "db.sqlite3"
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{SQLITE_PATH}")
+if urlsplit(DATABASE_URL).scheme not in ("postgres", "postgresql", "pgsql", "sqlite"):
+    # Never the URL itself in the message: it carries the password.
+    raise ImproperlyConfigured(
+        "DATABASE_URL is not valid: expected postgres://user:password@host:5432/name "
+        "or sqlite:///path (PostgreSQL and SQLite are supported)"
+    )
 DATABASES = {
     "default": dj_database_url.parse(
         DATABASE_URL,
@@ -114,6 +122,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Alert cooldowns and django-q2 cluster stats must be seen by every process, so there
 # is no per-process memory cache: Redis when configured, else a database table.
 REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL and urlsplit(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
+    raise ImproperlyConfigured(
+        "REDIS_URL is not valid: expected redis://host:6379/0, rediss://... or unix://..."
+    )
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -150,6 +162,9 @@ Q_CLUSTER = {
     "poll": 1,
     "label": "Task queue",
 }
+# After SIGTERM or Ctrl-C, running tasks get this long before the cluster is killed
+# (bot/management/commands/qcluster.py): keep it under the platform's own grace period.
+Q_STOP_GRACE_SECONDS = env_float("Q_STOP_GRACE_SECONDS", 10.0, minimum=0)
 if Q_CLUSTER["timeout"] * 2 > Q_CLUSTER["retry"]:
     raise ImproperlyConfigured("Q_RETRY_SECONDS must be at least twice Q_TIMEOUT_SECONDS")
 if Q_BROKER == "redis":
@@ -284,6 +299,12 @@ ALLOW_LINKS_IN_REPLIES = env_bool("ALLOW_LINKS_IN_REPLIES", False)
 # --- Internationalisation ---------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
+try:
+    ZoneInfo(TIME_ZONE)
+except (ValueError, ZoneInfoNotFoundError):
+    raise ImproperlyConfigured(
+        f"TIME_ZONE={TIME_ZONE!r} is not valid: expected a zone name such as Europe/Berlin"
+    ) from None
 USE_I18N = True
 USE_TZ = True
 
@@ -322,7 +343,7 @@ LOGGING = {
         "json": {"()": "resilience.events.JsonFormatter"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env_choice("LOG_LEVEL", "INFO", LOG_LEVELS)},
     "loggers": {
         # django-q2 logs every task it enqueues and runs at INFO: off unless asked for.
         "django-q": {"level": env_choice("Q_LOG_LEVEL", "WARNING", LOG_LEVELS)},

@@ -25,9 +25,10 @@ class Sandbox:
         openai_port: int = 0,
         telegram_port: int = 0,
         seed: int = 0,
+        placeholder: str = "",
     ) -> None:
         self.x = XApp(seed=seed)
-        self.openai = OpenAIApp(seed=seed)
+        self.openai = OpenAIApp(seed=seed, placeholder=placeholder)
         self.telegram = TelegramApp(seed=seed)
         self.servers = {
             "x": Server(self.x, host, x_port),
@@ -60,17 +61,32 @@ class Sandbox:
 
     def env(self) -> dict[str, Any]:
         """The settings (and environment variables) that point Reply Guy at the stand-ins."""
+        urls = {name: server.url for name, server in self.servers.items()}
+        return self.env_for(
+            **urls, telegram_token=self.telegram.token, chat_id=self.telegram.owner_chat_id
+        )
+
+    @staticmethod
+    def env_for(
+        *,
+        x: str,
+        openai: str,
+        telegram: str,
+        telegram_token: str = TelegramApp.DEFAULT_TOKEN,
+        chat_id: int = TelegramApp.OWNER_ID,
+    ) -> dict[str, str]:
+        """The same settings for stand-ins at these base URLs, without starting any."""
         return {
-            "X_API_BASE_URL": self.servers["x"].url,
+            "X_API_BASE_URL": x,
             "X_API_KEY": SANDBOX_CREDENTIALS["consumer_key"],
             "X_API_SECRET": SANDBOX_CREDENTIALS["consumer_secret"],
             "X_ACCESS_TOKEN": SANDBOX_CREDENTIALS["access_token"],
             "X_ACCESS_TOKEN_SECRET": SANDBOX_CREDENTIALS["access_token_secret"],
             "X_BEARER_TOKEN": SANDBOX_CREDENTIALS["bearer_token"],
-            "OPENAI_BASE_URL": self.servers["openai"].url + "/v1",
+            "OPENAI_BASE_URL": openai + "/v1",
             "OPENAI_API_KEY": SANDBOX_OPENAI_KEY,
             "AI_MODEL": "sandbox-model",
-            "TELEGRAM_BOT_TOKEN": self.telegram.token,
-            "TELEGRAM_CHAT_ID": str(self.telegram.owner_chat_id),
-            "TELEGRAM_API_BASE_URL": self.servers["telegram"].url,
+            "TELEGRAM_BOT_TOKEN": telegram_token,
+            "TELEGRAM_CHAT_ID": str(chat_id),
+            "TELEGRAM_API_BASE_URL": telegram,
         }

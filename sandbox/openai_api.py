@@ -99,8 +99,11 @@ class OpenAIApp(App):
         seed: int = 0,
         models: tuple[str, ...] | list[str] = DEFAULT_MODELS,
         api_key: str | None = None,
+        placeholder: str = "",
     ) -> None:
         super().__init__(seed=seed)
+        # Put before every composed text (``manage.py sandbox`` marks its drafts with it).
+        self.placeholder = placeholder
         self._default_models = tuple(models)
         self._default_api_key = api_key
         self.completions: list[dict[str, Any]] = []  # request bodies, in order, for tests
@@ -559,7 +562,7 @@ class _Writer:
     def _compose(self, digest: int) -> str:
         a, b = self._pick(digest)
         template = _TEMPLATES[(digest // 49) % len(_TEMPLATES)]
-        return template.format(a=a, b=b, A=a.capitalize(), B=b.capitalize())
+        return self.app.placeholder + template.format(a=a, b=b, A=a.capitalize(), B=b.capitalize())
 
     def number(self, schema: dict[str, Any]) -> float:
         low = float(schema.get("minimum", 0.0))

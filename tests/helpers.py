@@ -44,6 +44,7 @@ __all__ = [
     "discovered",
     "environ_without",
     "free_port",
+    "hang",
     "requests_to",
     "reset_breakers",
     "run_pipeline",
@@ -98,6 +99,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def hang(marker: str, seconds: float) -> None:
+    """A task that never finishes in time: says it started (``marker``), then sleeps."""
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(seconds)
 
 
 class Receiver:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import threading
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from sandbox.harness import OUR_USERNAME, Sandbox
+
+# The sandbox model's drafts say what they are: nobody mistakes them for a real model's.
+PLACEHOLDER = "[sandbox placeholder] "
 
 DEMO_ACCOUNTS = {
     "djangonaut": [
@@ -45,23 +49,36 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        sandbox = Sandbox(
-            host=options["host"],
-            x_port=options["x_port"],
-            openai_port=options["openai_port"],
-            telegram_port=options["telegram_port"],
-            seed=options["seed"],
-        )
+        host = options["host"]
+        ports = {name: options[f"{name}_port"] for name in ("x", "openai", "telegram")}
         if options["env"]:
-            for name, value in sandbox.env().items():
+            # Only the addresses: nothing is bound, so this works while a sandbox runs.
+            urls = {name: f"http://{host}:{port}" for name, port in ports.items()}
+            for name, value in Sandbox.env_for(**urls).items():
                 self.stdout.write(f"export {name}={shlex.quote(str(value))}")
-            for server in sandbox.servers.values():
-                server.httpd.server_close()
             return
+        try:
+            sandbox = Sandbox(
+                host=host,
+                x_port=ports["x"],
+                openai_port=ports["openai"],
+                telegram_port=ports["telegram"],
+                seed=options["seed"],
+                placeholder=PLACEHOLDER,
+            )
+        except OSError as error:
+            raise CommandError(
+                f"the sandbox cannot listen on {host} ports "
+                f"{', '.join(map(str, ports.values()))}: {error.strerror or error}. "
+                "Choose others with --x-port, --openai-port and --telegram-port."
+            ) from None
         if options["demo"]:
             for username, texts in DEMO_ACCOUNTS.items():
                 sandbox.x.add_user(username)
                 sandbox.x.schedule_posts(username, texts, every_seconds=120)
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
         with sandbox:
             for name, url in sandbox.urls().items():
                 self.stdout.write(f"sandbox {name}: {url} (control API: {url}/_sandbox/state)")
@@ -69,7 +86,7 @@ class Command(BaseCommand):
                 f"sandbox phone (the owner's Telegram): {sandbox.urls()['telegram']}/phone"
             )
             self.stdout.write(f"our X account: @{OUR_USERNAME}; Ctrl-C stops the sandbox")
-            try:
-                threading.Event().wait()
-            except KeyboardInterrupt:
-                self.stdout.write("sandbox stopped")
+            self.stdout.flush()
+            while not stop.wait(0.5):
+                pass
+        self.stdout.write("sandbox stopped")

@@ -1,0 +1,119 @@
+"""django-q2's ``qcluster``, with a stop that is sure as well as clean.
+
+On SIGTERM (how a platform stops a process) or Ctrl-C the cluster stops as django-q2
+stops it: no new tasks, the running ones finish, the workers leave. That stop can hang:
+a worker killed while it held the task queue's lock leaves the others waiting on it
+forever, and a long task keeps its worker past any platform's grace period. So a stop
+has ``Q_STOP_GRACE_SECONDS``; after it, or at a second signal, every process of the
+cluster is killed and the command exits. Nothing is lost by that: a task cut short
+left its claim with a lease, and the next cluster's ``recover_stale`` settles it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django_q.management.commands.qcluster import Command as QClusterCommand
+
+from bot.pacing import Pacing
+from bot.simulated import simulated_names
+
+log = logging.getLogger("replyguy.worker")
+
+
+class Command(QClusterCommand):
+    help = (
+        "Start the django-q2 cluster (the workers). SIGTERM or Ctrl-C stops it within "
+        "Q_STOP_GRACE_SECONDS; a second signal stops it at once."
+    )
+
+    def handle(self, *args: Any, **options: Any) -> Any:
+        import django_q.cluster
+
+        say_how_it_runs(log)
+        stop = Deadline(settings.Q_STOP_GRACE_SECONDS)
+        original = django_q.cluster.Cluster.sig_handler
+
+        def sig_handler(cluster: django_q.cluster.Cluster, signum: int, frame: Any) -> None:
+            if stop.arm():
+                original(cluster, signum, frame)
+
+        django_q.cluster.Cluster.sig_handler = sig_handler
+        try:
+            return super().handle(*args, **options)
+        finally:
+            django_q.cluster.Cluster.sig_handler = original
+
+
+def say_how_it_runs(logger: logging.Logger) -> None:
+    """The two facts a first look at the log needs: what is simulated, and the pacing."""
+    names = simulated_names()
+    if names:
+        logger.warning(
+            "simulated: %s %s the local sandbox; nothing reaches the real service%s",
+            " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names),
+            "is" if len(names) == 1 else "are",
+            "" if len(names) == 1 else "s",
+        )
+    logger.info("pacing: %s", Pacing.from_settings().summary())
+
+
+class Deadline:
+    """The first signal starts the grace period; its end, or a second signal, kills
+    every process below this one and exits."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.armed = threading.Event()
+
+    def arm(self) -> bool:
+        """True for the first signal (stop gracefully), False for any later one."""
+        if self.armed.is_set():
+            self.kill("a second signal")
+            return False
+        self.armed.set()
+        log.warning("stopping: running tasks get %s s to finish", f"{self.grace:g}")
+        threading.Thread(target=self._expire, name="stop-deadline", daemon=True).start()
+        return True
+
+    def _expire(self) -> None:
+        # A cluster that stopped in time has ended this process, and this thread with it.
+        time.sleep(self.grace)
+        self.kill(f"still running {self.grace:g} s after the stop")
+
+    def kill(self, why: str) -> None:
+        below = descendants(os.getpid())
+        log.warning(
+            "the cluster was %s: killing its %d processes; unfinished tasks are taken up "
+            "again by recover_stale at the next start",
+            why,
+            len(below),
+        )
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os._exit(0)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, children first (Linux /proc; empty elsewhere)."""
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        parent = queue.pop()
+        path = Path(f"/proc/{parent}/task/{parent}/children")
+        try:
+            children = [int(child) for child in path.read_text().split()]
+        except (OSError, ValueError):
+            continue
+        found.extend(children)
+        queue.extend(children)
+    return found

@@ -1,0 +1,329 @@
+"""A first run that explains itself: `make run` (replyguy/launch.py), manage.py by hand,
+bad settings, and stopping on SIGTERM or Ctrl-C with every child gone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from replyguy.localenv import write_env_file
+from tests.helpers import ROOT, environ_without, free_port, until, worker_env
+
+OUTSIDE = ("X_", "OPENAI_", "AI_MODEL", "TELEGRAM_", "DEBUG", "SECRET_KEY", "PYTEST")
+
+
+def local_env(tmp_path: Path, dotenv: str = "", **extra: str) -> dict[str, str]:
+    """A shell with no settings but the project's files: ``tmp_path/.env`` and
+    ``tmp_path/var/local.env``, as a newcomer's checkout has them."""
+    (tmp_path / ".env").write_text(dotenv)
+    env = environ_without(*OUTSIDE, "REPLYGUY_", "DATABASE_URL", "ALLOWED_HOSTS", "LOG_LEVEL")
+    env.update(
+        REPLYGUY_ENV_FILES="on",
+        REPLYGUY_DOTENV=str(tmp_path / ".env"),
+        REPLYGUY_VAR_DIR=str(tmp_path / "var"),
+        **extra,
+    )
+    return env
+
+
+def manage(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# --- bad settings: one line naming the variable ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("DEBUG=maybe", "DEBUG"),
+        ("Q_WORKERS=two", "Q_WORKERS"),
+        ("TIME_ZONE=Mars/Base", "TIME_ZONE"),
+        ("LOG_LEVEL=LOUD", "LOG_LEVEL"),
+        ("DATABASE_URL=mysql://owner:hunter2@db.example/replyguy", "DATABASE_URL"),
+        ("REDIS_URL=localhost:6379", "REDIS_URL"),
+        ("TELEGRAM_ALLOWED_USER_IDS=42,me", "TELEGRAM_ALLOWED_USER_IDS"),
+        ("this is not a setting", ".env, line 2"),
+    ],
+)
+def test_a_bad_value_in_env_stops_manage_py_with_one_line_naming_it(tmp_path, line, named):
+    # DEBUG on first, so each case is the one bad value (the DEBUG case replaces it).
+    dotenv = line + "\n" if line.startswith("DEBUG") else f"DEBUG=true\n{line}\n"
+    done = manage(local_env(tmp_path, dotenv), "check")
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert named in lines[0]
+    assert lines[0].startswith("Reply Guy cannot start:")
+    assert "hunter2" not in done.stderr, "a database URL's password is never shown"
+
+
+def test_the_launch_stops_on_a_bad_value_before_starting_anything(tmp_path):
+    launch = subprocess.run(
+        [sys.executable, "-m", "replyguy.launch", "--port", str(free_port())],
+        cwd=ROOT,
+        env=local_env(tmp_path, "MAX_DELAY_MINUTES=soon\n"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert launch.returncode == 2
+    assert launch.stderr.strip().splitlines() == [
+        "Reply Guy cannot start: MAX_DELAY_MINUTES='soon' is not valid: expected a whole number"
+    ]
+    assert not (tmp_path / "var" / "db.sqlite3").exists(), "nothing ran: not even migrate"
+
+
+def test_the_launch_names_a_busy_web_port_and_how_to_choose_another(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        launch = subprocess.run(
+            [sys.executable, "-m", "replyguy.launch", "--port", str(port)],
+            cwd=ROOT,
+            env=local_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert launch.returncode == 2
+    (line,) = launch.stderr.strip().splitlines()
+    assert f"port {port} on 127.0.0.1 is already in use" in line
+    assert f"make run PORT={port + 1}" in line
+
+
+# --- manage.py by hand after make run -------------------------------------------------------
+
+
+def test_manage_py_by_hand_sees_what_make_run_wrote_and_env_wins_over_it(tmp_path):
+    write_env_file(
+        tmp_path / "var" / "local.env",
+        {"DEBUG": "true", "X_API_BASE_URL": "http://127.0.0.1:8701", "AI_MODEL": "sandbox-model"},
+        "written by make run",
+    )
+    env = local_env(tmp_path, "AI_MODEL=llama3.1\n")
+    helped = manage(env, "help")
+    assert helped.returncode == 0, helped.stderr
+    for command in ("recover_stale", "run_pipeline", "telegram_bot", "sandbox", "qcluster"):
+        assert command in helped.stdout, f"manage.py help hides {command}"
+    shown = manage(
+        env | {"X_API_KEY": "from-the-environment"},
+        "shell",
+        "-c",
+        "from django.conf import settings as s; "
+        "print(s.DEBUG, s.X_API_BASE_URL, s.AI_MODEL, s.X_API_KEY)",
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split()[-4:] == [
+        "True",
+        "http://127.0.0.1:8701",  # var/local.env
+        "llama3.1",  # .env wins over var/local.env
+        "from-the-environment",  # the environment wins over both
+    ]
+
+
+def test_without_make_run_a_missing_secret_key_is_one_line(tmp_path):
+    done = manage(local_env(tmp_path), "check")
+    assert done.returncode != 0
+    (line,) = done.stderr.strip().splitlines()
+    assert "SECRET_KEY is required when DEBUG is off" in line
+
+
+# --- the sandbox command -------------------------------------------------------------------
+
+
+def test_sandbox_env_prints_the_settings_without_binding_while_a_sandbox_runs(tmp_path):
+    with socket.socket() as running:
+        running.bind(("127.0.0.1", 0))
+        running.listen()
+        port = running.getsockname()[1]
+        done = manage(
+            local_env(tmp_path, "DEBUG=true\n"), "sandbox", "--env", "--x-port", str(port)
+        )
+    assert done.returncode == 0, done.stderr
+    assert f"export X_API_BASE_URL=http://127.0.0.1:{port}" in done.stdout.splitlines()
+    assert "export TELEGRAM_CHAT_ID=1001" in done.stdout.splitlines()
+
+
+def test_the_sandbox_on_a_busy_port_says_so_in_one_line(tmp_path):
+    with socket.socket() as running:
+        running.bind(("127.0.0.1", 0))
+        running.listen()
+        port = running.getsockname()[1]
+        done = manage(local_env(tmp_path, "DEBUG=true\n"), "sandbox", "--x-port", str(port))
+    assert done.returncode != 0
+    (line,) = done.stderr.strip().splitlines()
+    assert "the sandbox cannot listen" in line
+    assert str(port) in line
+
+
+# --- make run end to end, and stopping it ---------------------------------------------------
+
+
+class Output:
+    """A child's merged output, read on a thread so it never blocks on a full pipe."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self.thread.start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def descendants(pid: int) -> list[int]:
+    from bot.management.commands.qcluster import descendants as below
+
+    return below(pid)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def get_json(url: str) -> dict:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 (loopback)
+            return json.load(answer)
+    except urllib.error.HTTPError as error:  # 503 while no worker has beaten yet
+        return json.load(error)
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "Ctrl-C"])
+def test_make_run_explains_itself_and_stops_every_child_within_seconds(tmp_path, stop):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    busy_port = busy.getsockname()[1]
+    web = free_port()
+    launch = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "replyguy.launch",
+            "--port",
+            str(web),
+            "--sandbox-ports",
+            f"{busy_port},{free_port()},{free_port()}",
+        ],
+        cwd=ROOT,
+        env=local_env(tmp_path, "# a newcomer's .env: nothing set\n"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own terminal group: Ctrl-C is SIGINT to the group
+    )
+    output = Output(launch)
+    try:
+        assert until(lambda: "replies " in output.text or launch.poll() is not None, timeout=90)
+        assert launch.poll() is None, output.text
+        said = output.text
+        assert f"port {busy_port} is busy: the sandbox x is on" in said
+        assert "X, the model and Telegram: the local sandbox" in said
+        assert "no quiet hours" in said
+        assert "0 to 1 min after approval" in said
+        assert "/phone (the owner's chat)" in said
+
+        status = get_json(f"http://127.0.0.1:{web}/health/status/")
+        assert all(status[name]["simulated"] for name in ("twitter", "ai", "telegram"))
+
+        # A command by hand, in a shell with nothing set: the launch's settings carry over.
+        by_hand = manage(
+            local_env(tmp_path),
+            "shell",
+            "-c",
+            "from django.conf import settings as s; print(s.DEBUG, s.X_API_BASE_URL)",
+        )
+        assert by_hand.returncode == 0, by_hand.stderr
+        assert by_hand.stdout.split()[-2] == "True"
+        assert by_hand.stdout.split()[-1] != f"http://127.0.0.1:{busy_port}"
+
+        # Everything it started: sandbox, cluster (sentinel, workers...), poller, server.
+        assert until(lambda: len(descendants(launch.pid)) >= 6, timeout=30)
+        children = descendants(launch.pid)
+        commands = " ".join(Path(f"/proc/{pid}/cmdline").read_text() for pid in children)
+        for part in ("sandbox", "qcluster", "telegram_bot", "runserver"):
+            assert part in commands
+
+        started = time.monotonic()
+        if stop == "SIGTERM":
+            launch.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(launch.pid, signal.SIGINT)
+        assert launch.wait(30) == 0, output.text
+        assert time.monotonic() - started < 20, "stopped within seconds, not the grace period"
+        assert until(lambda: not any(alive(pid) for pid in children), timeout=5)
+        output.thread.join(5)
+        assert output.lines[-1] == "Reply Guy stopped.", output.text
+        assert "Traceback" not in output.text, output.text
+    finally:
+        busy.close()
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGKILL)
+        for pid in descendants(launch.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_stuck_in_a_task_is_killed_after_the_grace_period(tmp_path, sandbox):
+    from django_q.tasks import async_task
+
+    env = worker_env(sandbox, Q_STOP_GRACE_SECONDS="2", LOG_LEVEL="WARNING")
+    cluster = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(cluster)
+    marker = tmp_path / "started"
+    try:
+        async_task("tests.helpers.hang", str(marker), 600)
+        assert until(marker.exists, timeout=60), output.text
+        worker = int(marker.read_text())
+        children = descendants(cluster.pid)
+        assert worker in children
+
+        started = time.monotonic()
+        cluster.send_signal(signal.SIGTERM)
+        assert cluster.wait(30) == 0, output.text
+        assert time.monotonic() - started < 15, "2 s of grace, then the kill"
+        assert until(lambda: not any(alive(pid) for pid in children), timeout=5)
+        output.thread.join(5)
+        assert "running tasks get 2 s to finish" in output.text
+        assert "still running 2 s after the stop: killing its" in output.text
+    finally:
+        if cluster.poll() is None:
+            cluster.kill()
+        for pid in descendants(cluster.pid):
+            os.kill(pid, signal.SIGKILL)
