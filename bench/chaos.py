@@ -155,7 +155,9 @@ class Config:
         if self.chaos_seconds is None:
             self.chaos_seconds = max(45.0, self.posts * 0.2)
         if self.drain_seconds is None:
-            self.drain_seconds = 110.0 if self.posts <= 500 else 480.0
+            # Only an upper bound: the drain ends as soon as everything is settled. Room
+            # for a breaker opened just before it (X's stays open 120 s).
+            self.drain_seconds = 300.0 if self.posts <= 500 else 900.0
 
     @property
     def hourly_cap(self) -> int:
