@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.metrics_scrape --queue-sizes 1000,100000
 	$(BIN)/python -m bench.recover_stale
 	$(BIN)/python -m bench.dead_letter_retry --rows 1000,10000 --repeats 1
+	$(BIN)/python -m bench.write_limit
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

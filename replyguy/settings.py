@@ -253,7 +253,9 @@ if MAX_DELAY_MINUTES < MIN_DELAY_MINUTES:
     raise ImproperlyConfigured("MAX_DELAY_MINUTES must be at least MIN_DELAY_MINUTES")
 QUIET_HOURS_START = env_int("QUIET_HOURS_START", 23, minimum=0, maximum=23)
 QUIET_HOURS_END = env_int("QUIET_HOURS_END", 7, minimum=0, maximum=23)
-MAX_POSTS_PER_HOUR = env_int("MAX_POSTS_PER_HOUR", 4, minimum=1)
+# X takes at most 100 posts per 15 minutes from a user; an hourly cap above that would
+# leave X's 429 as the only brake.
+MAX_POSTS_PER_HOUR = env_int("MAX_POSTS_PER_HOUR", 4, minimum=1, maximum=100)
 MAX_POSTS_PER_DAY = env_int("MAX_POSTS_PER_DAY", 20, minimum=1)
 MIN_SPACING_MINUTES = env_int("MIN_SPACING_MINUTES", 3, minimum=0)
 MAX_REPLIES_PER_AUTHOR_PER_DAY = env_int("MAX_REPLIES_PER_AUTHOR_PER_DAY", 1, minimum=1)

@@ -16,11 +16,9 @@ committed ones alone)::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -32,7 +30,7 @@ from bot.models import FailedTweet, QueuedTweet, Status, TargetAccount
 from bot.services import heartbeat
 from bot.services.dead_letters import Stage, fail
 from resilience import get_breaker
-from tests.helpers import ROOT, approved, discovered, run_pipeline, summon
+from tests.helpers import approved, discovered, run_pipeline, summon
 
 pytestmark = [
     pytest.mark.browser,
@@ -63,16 +61,6 @@ def service(fn: Callable[[], T]) -> T:
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(run).result(timeout=60)
-
-
-@pytest.fixture
-def screenshots(tmp_path: Path) -> Path:
-    """Where the README's screenshots go: docs/screenshots/ when asked, else a scratch dir."""
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        folder = ROOT / "docs" / "screenshots"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-    return tmp_path
 
 
 @pytest.fixture

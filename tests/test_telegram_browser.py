@@ -64,12 +64,13 @@ def bubble_with(phone: Any, text: str) -> Any:
     return phone.locator(".msg", has_text=text).last
 
 
-def test_the_owner_approves_on_the_phone_and_sees_the_reply_posted(phone, pipeline):
+def test_the_owner_approves_on_the_phone_and_sees_the_reply_posted(phone, pipeline, screenshots):
     post_id = service(lambda: summon(pipeline, "favourite way to test retries?"))
     service(run_pipeline)  # discovered, drafted, sent to the phone
     draft = service(lambda: discovered(post_id).draft)
     message = bubble_with(phone, "favourite way to test retries?")
     message.get_by_text(draft).wait_for()
+    phone.screenshot(path=str(screenshots / "phone.png"))
     message.get_by_role("button", name="✅ Approve").click()
     service(poller)  # the press is handled and answered
     phone.locator("#toast").get_by_text("Approved: it goes out around").wait_for()
