@@ -161,7 +161,8 @@ class Config:
 
     @property
     def hourly_cap(self) -> int:
-        return max(5, int(self.posts * 0.35))
+        # MAX_POSTS_PER_HOUR may not exceed 100 (X's write limit, 100 posts per 15 min).
+        return min(100, max(5, int(self.posts * 0.35)))
 
     @property
     def daily_cap(self) -> int:
