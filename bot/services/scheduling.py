@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.text import capfirst
 
 from bot.models import PipelineControl, QueuedTweet, Status
-from bot.pacing import Hold, Pacing, Rule, allowed_at, earliest_allowed
+from bot.pacing import Hold, Pacing, Rule, allowed_at
 from bot.selectors import author_cap, published_times, publishing_paused, through_api
 from resilience.events import event
 
@@ -33,20 +33,22 @@ def reply_schedule(tweet: QueuedTweet, *, now: datetime | None = None) -> dateti
         .order_by()
         .values_list("scheduled_at", flat=True)
     )
-    when = earliest_allowed(now + pacing.random_delay(), pacing, planned + published_times(now))
+    allowed = allowed_at(now + pacing.random_delay(), pacing, planned + published_times(now))
+    when = allowed.at
     moved = QueuedTweet.objects.filter(
         id=tweet.id, status=Status.APPROVED, scheduled_at__isnull=True
     ).update(scheduled_at=when, updated_at=now)
     if not moved:
         return None
     tweet.scheduled_at = when
-    timing = reply_timing(tweet, now=now)
+    # Why this time, from the rules that just set it (no second look at the queue).
+    held = [_words(hold, pacing, tweet, now).words for hold in allowed.holds]
     event(
         "scheduled",
         tweet=tweet.id,
         post=tweet.target_tweet_id,
         at=when.isoformat(timespec="minutes"),
-        why=timing.sentence(now) if timing else None,
+        why=", then ".join(held) or f"random delay until {clock(when, now)}",
     )
     return when
 
