@@ -251,6 +251,9 @@ def test_make_run_explains_itself_and_stops_every_child_within_seconds(tmp_path,
         assert "no quiet hours" in said
         assert "0 to 1 min after approval" in said
         assert "/phone (the owner's chat)" in said
+        # The worker's own first lines say it too (on a PaaS they are the log).
+        assert until(lambda: "replyguy.worker pacing: " in output.text, timeout=30)
+        assert "simulated: X, the model and Telegram are the local sandbox" in output.text
 
         status = get_json(f"http://127.0.0.1:{web}/health/status/")
         assert all(status[name]["simulated"] for name in ("twitter", "ai", "telegram"))
@@ -327,3 +330,19 @@ def test_a_worker_stuck_in_a_task_is_killed_after_the_grace_period(tmp_path, san
             cluster.kill()
         for pid in descendants(cluster.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_sandbox_models_drafts_say_they_are_placeholders():
+    import openai
+
+    from bot.management.commands.sandbox import PLACEHOLDER
+    from sandbox.harness import Sandbox
+
+    with Sandbox(placeholder=PLACEHOLDER) as sandbox:
+        env = sandbox.env()
+        model = openai.OpenAI(base_url=env["OPENAI_BASE_URL"], api_key=env["OPENAI_API_KEY"])
+        answer = model.chat.completions.create(
+            model=env["AI_MODEL"],
+            messages=[{"role": "user", "content": "Reply to: testing retries without sleeping"}],
+        )
+    assert answer.choices[0].message.content.startswith("[sandbox placeholder] ")
