@@ -554,7 +554,10 @@ class Owner:
             version = buttons[Act.APPROVE][1].version
             # A press that changed nothing yet (Telegram failing, the poller cut off):
             # the owner presses again after a while, as people do.
-            if plan.version == version and now - plan.acted_at < 8:
+            # An edit waits longer: a second Edit makes a new question, and the bot takes
+            # an answer only to the newest one.
+            patience = 45 if plan.action == "edit" else 8
+            if plan.version == version and now - plan.acted_at < patience:
                 continue
             step = self._decide(plan, version, post_id, now, OUR_USERNAME)
             if step is None:
@@ -604,7 +607,7 @@ class Owner:
             plan.stage = "edit_pressed"
             return Act.EDIT, "edit"
         if plan.action == "edit" and plan.stage == "edit_sent" and version == plan.version:
-            if now - plan.acted_at < 15:
+            if now - plan.acted_at < 45:
                 return None  # our text is on its way to a new message
             plan.stage = "edit_pressed"
             return Act.EDIT, "edit"
