@@ -46,7 +46,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -317,14 +317,7 @@ class Cluster:
     (the workers, spawned first, then the monitor and the pusher)."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log.open("a")
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        self.process = spawn("qcluster", env, log)
         self.workers: set[int] = set()
         self.auxiliary: set[int] = set()
         self.seen: set[int] = set()
@@ -382,45 +375,99 @@ class Cluster:
         return None
 
     def stop(self, timeout: float = 30) -> bool:
-        """SIGTERM, as a platform stops a process; SIGKILL after ``timeout``. Clean?"""
-        clean = True
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                clean = False
-                self.process.kill()
-                self.process.wait(10)
-        sentinel_kids = [pid for pid in self.seen if _proc_stat(pid) is not None]
-        for pid in sentinel_kids:  # nothing of it may outlive it
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.log.close()
-        return clean
+        """SIGTERM, as a platform stops a process; SIGKILL after ``timeout``. Clean?
+
+        Then whatever is left of its process group is killed: nothing of it may outlive
+        it (a worker the sentinel forked while the main process was stopping, say)."""
+        return stop_process(self.process, timeout)
+
+
+# The child sets PR_SET_PDEATHSIG (SIGTERM) before it becomes manage.py: should the
+# harness die without its finally (SIGKILL, the OOM killer), the cluster and the poller
+# get the SIGTERM a platform would send, and stop themselves. Linux only; elsewhere the
+# prctl is skipped.
+_LAUNCH = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the harness is already gone
+os.execv(sys.executable, [sys.executable, "manage.py", *sys.argv[2:]])
+"""
+
+PROCESSES: list[subprocess.Popen] = []  # every child this run started, for the last word
+
+
+def spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``manage.py <command>`` in a session (so a process group) of its own: a Ctrl-C at
+    the terminal reaches only the harness, which then stops its children in order."""
+    with log.open("a") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCH, str(os.getpid()), command],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    PROCESSES.append(process)
+    return process
 
 
 def start_poller(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "telegram_bot"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("a"),
-        stderr=subprocess.STDOUT,
-    )
+    return spawn("telegram_bot", env, log)
+
+
+def kill_group(process: subprocess.Popen) -> int:
+    """SIGKILL what is left of the process group ``process`` leads; how many were left."""
+    left = group_members(process.pid)
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    return len(left)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes (not zombies) in process group ``pgid``, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry))
+    return found
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 20) -> bool:
-    if process.poll() is not None:
-        return True
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-        return True
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
-        return False
+    """SIGTERM, SIGKILL after ``timeout``, then the rest of its group. Clean?"""
+    clean = True
+    if process.poll() is None:
+        with suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            clean = False
+            process.kill()
+            process.wait(10)
+    if kill_group(process):
+        clean = False
+    return clean
+
+
+def stop_everything(say: Callable[[str], None]) -> None:
+    """The last word on every child: stopped, and its process group with it."""
+    for process in PROCESSES:
+        if process.poll() is None or group_members(process.pid):
+            left = not stop_process(process, timeout=15)
+            say(f"stopped {process.args[4]} (pid {process.pid}){' by SIGKILL' if left else ''}")
+    PROCESSES.clear()
 
 
 # --- background actors -----------------------------------------------------------------------
@@ -759,15 +806,38 @@ def summon_posts(config: Config, sandbox: Any, rng: random.Random) -> list[tuple
 
 
 def run(config: Config, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """The run; whatever ends it (the checks, a crash, Ctrl-C, SIGTERM), the cluster, the
+    poller (each with its process group), the actors and the stand-ins are stopped."""
     started = time.monotonic()
-    rng = random.Random(config.seed)
     logs = Path(tempfile.mkdtemp(prefix="replyguy-chaos-"))
     recreate_database(config.database)
+    try:
+        report = _run(config, say, started, logs)
+    except BaseException as exc:
+        say(
+            f"the run did not finish ({type(exc).__name__}: {exc or 'Ctrl-C'}); kept for a "
+            "post-mortem: "
+            f"the logs in {logs}, the database {config.database}"
+        )
+        raise
+    finally:
+        stop_everything(say)  # a backstop: _run's own exit has stopped them already
+    if report["passed"]:
+        drop_database(config.database)
+        shutil.rmtree(logs, ignore_errors=True)
+        report["figures"]["logs"] = "removed (the run passed)"
+    return report
+
+
+def _run(config: Config, say: Callable[[str], None], started: float, logs: Path) -> dict[str, Any]:
     from sandbox.harness import Sandbox
 
+    rng = random.Random(config.seed)
     errors: Counter[str] = Counter()
-    with django_on(config), Sandbox(seed=config.seed) as sandbox:
-        from bot.models import PipelineControl
+    # Left in reverse order, whatever the way out: the actors, the cluster, the poller
+    # (the ExitStack), then the stand-ins, then the harness's own connections.
+    with django_on(config), Sandbox(seed=config.seed) as sandbox, ExitStack() as stack:
+        from bot.models import PipelineControl, QueuedTweet
 
         PipelineControl.objects.get_or_create(pk=1)
         sandbox.x.timeline_lag = TIMELINE_LAG
@@ -793,8 +863,12 @@ def run(config: Config, *, say: Callable[[str], None] = print) -> dict[str, Any]
             shifts[-1]["clean_stop"] = clean
 
         poller = start_poller({**env, **pacing_env(config, quiet=None)}, logs / "poller.log")
-        cluster = start_cluster(quiet=False)
+        stack.callback(stop_process, poller)
+        running: dict[str, Cluster] = {}
+        stack.callback(lambda: running["cluster"].stop() if running else None)
+        cluster = running["cluster"] = start_cluster(quiet=False)
         say(f"chaos: {config.posts} posts over {config.chaos_seconds:.0f} s, seed {config.seed}")
+        say(f"  poller pid {poller.pid}, cluster pid {cluster.process.pid}; logs in {logs}")
         install_faults(sandbox)
         invalid_output = InvalidOutput(sandbox.openai, config.seed)
         owner = Owner(sandbox, config.seed)
@@ -808,6 +882,7 @@ def run(config: Config, *, say: Callable[[str], None] = print) -> dict[str, Any]
         ]
         for actor in actors:
             actor.start()
+            stack.callback(actor.stop)
 
         chaos_started = time.monotonic()
         published: list[str] = []
@@ -821,15 +896,26 @@ def run(config: Config, *, say: Callable[[str], None] = print) -> dict[str, Any]
                 if elapsed >= share * config.chaos_seconds:
                     del restarts[share]
                     stop_cluster(cluster)
-                    cluster = start_cluster(quiet=quiet)
+                    cluster = running["cluster"] = start_cluster(quiet=quiet)
                     chaos.cluster = cluster
                     hours = "on" if quiet else "off"
-                    say(f"  {elapsed:5.0f} s: cluster restarted, quiet hours {hours}")
+                    say(
+                        f"  {elapsed:5.0f} s: cluster restarted (pid {cluster.process.pid}), "
+                        f"quiet hours {hours}"
+                    )
             if elapsed >= config.chaos_seconds and not posts:
                 break
             time.sleep(0.05)
 
         actors[2].stop()  # chaos off
+        # Where the posts stood when the faults stopped: how many went through the chaos.
+        at_chaos_end = dict(
+            Counter(
+                QueuedTweet.objects.filter(target_tweet_id__in=published).values_list(
+                    "status", flat=True
+                )
+            )
+        )
         fired = {
             name: dict(Counter(kind for _, kind in app.faults.fired))
             for name, app in (
@@ -874,6 +960,7 @@ def run(config: Config, *, say: Callable[[str], None] = print) -> dict[str, Any]
                 "telegram_faults_fired": fired["telegram"],
                 "invalid_model_output": dict(invalid_output.served),
                 "requests_during_chaos": chaos_requests,
+                "statuses_at_chaos_end": at_chaos_end,
                 **chaos.counts,
                 "cluster_shifts": len(shifts),
                 "cluster_stops_unclean": sum(not s.get("clean_stop", True) for s in shifts),
@@ -892,10 +979,6 @@ def run(config: Config, *, say: Callable[[str], None] = print) -> dict[str, Any]
                 json.dumps(sandbox.telegram.snapshot(), default=str)
             )
             (logs / "x.json").write_text(json.dumps(sandbox.x.snapshot(), default=str))
-    if report["passed"]:
-        drop_database(config.database)
-        shutil.rmtree(logs, ignore_errors=True)
-        report["figures"]["logs"] = "removed (the run passed)"
     return report
 
 
@@ -1248,6 +1331,10 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.chaos", description=__doc__.split("\n")[0]
@@ -1268,8 +1355,20 @@ def main(argv: list[str] | None = None) -> int:
         chaos_seconds=args.chaos_seconds,
         drain_seconds=args.drain_seconds,
     )
-    say = (lambda text: print(text, file=sys.stderr)) if args.json else print
-    report = run(config, say=say)
+    out = sys.stderr if args.json else sys.stdout
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    # SIGTERM (a CI runner's timeout) and SIGHUP end the run as Ctrl-C does: through
+    # run's finally, which stops every child.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupted)
+    try:
+        report = run(config, say=say)
+    except KeyboardInterrupt as exc:
+        say(f"interrupted ({exc or 'Ctrl-C'}): every child stopped")
+        return 130
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
