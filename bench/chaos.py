@@ -613,7 +613,10 @@ class Owner:
             if act in buttons:
                 self.press(message, buttons[act][0], label)
                 plan.acted_at, plan.version = now, version
-        for message in messages:  # the edit question, answered with the owner's text
+        # The edit question, answered with the owner's text: the newest one, as a person
+        # answers the question at the bottom of the chat (the bot takes an answer only to
+        # the newest question it asked about a draft).
+        for message in reversed(messages):
             if not message["text"].startswith("✏️ Send the new reply"):
                 continue
             if message["message_id"] in self.answered_prompts:
@@ -1176,6 +1179,19 @@ def check(
         if dead_letter_cause(row) is None
     ]
 
+    # The queue against X: a row posted with no reply of ours there, or settled otherwise
+    # (failed, rejected, expired, skipped) while the bot's reply is there. A figure: the
+    # watch over sent rows (WATCH_SENT_FOR, 3 days) may still settle the second kind.
+    replied = {p.reply_to for p in ours}
+    bot_replied = {p.reply_to for p in api_replies}
+    posted_without_reply = sorted(
+        post for post, t in rows.items() if t.status == "posted" and post not in replied
+    )
+    settled_otherwise = sorted(
+        f"{post}: {t.status}"
+        for post, t in rows.items()
+        if t.status in FINAL - {"posted"} and post in bot_replied
+    )
     handled = sum(1 for t in rows.values() if t.status in FINAL)
     reads = sum(sandbox.x.posts_returned.values())
     read_calls = sum(
@@ -1253,6 +1269,8 @@ def check(
         "x_posts_read_per_handled_post": round(reads / handled, 2) if handled else None,
         "x_read_calls_per_handled_post": round(read_calls / handled, 2) if handled else None,
         "x_writes": sum(1 for name, _ in sandbox.x.requests if name == "create_tweet"),
+        "posted_without_a_reply_on_x": len(posted_without_reply),
+        "settled_otherwise_with_a_bot_reply_on_x": len(settled_otherwise),
     }
     details = {
         "duplicates": duplicates[:20],
@@ -1269,6 +1287,8 @@ def check(
         "unapproved": unapproved[:20],
         "in_quiet_hours": in_quiet[:20],
         "unexplained_dead_letters": unexplained_dead[:20],
+        "posted_without_a_reply_on_x": posted_without_reply[:20],
+        "settled_otherwise_with_a_bot_reply_on_x": settled_otherwise[:20],
     }
     return {
         "passed": all(ok for *_, ok in checks),
