@@ -692,6 +692,7 @@ class Chaos:
         self.cluster: Cluster | None = None
         self.counts: Counter[str] = Counter()
         self.next = {"db": 0.0, "kill": time.monotonic() + 8, "burst": 0.0}
+        self.bursts: list[tuple[float, Any]] = []  # (when it ends, the sandbox's fault)
 
     def step(self) -> float:
         now = time.monotonic()
@@ -705,15 +706,19 @@ class Chaos:
                 self.next["kill"] = now + self.rng.uniform(8, 20)
             else:
                 self.next["kill"] = now + 0.2  # no worker inside a task: look again
+        for until, fault in list(self.bursts):
+            if now >= until:
+                fault.times = 0  # the burst is over
+                self.bursts.remove((until, fault))
         if now >= self.next["burst"]:
+            # A 429 burst lasts its reset time: every call to that endpoint gets 429 and
+            # the reset, until the reset. (Counted in calls instead, a burst outlasts its
+            # reset many times over: the client holds the endpoint until the reset, so
+            # each 429 the burst still owes comes one reset later.)
             endpoint = self.rng.choice(["user_mentions", "user_tweets", "create_tweet"])
-            self.sandbox.x.faults.add(
-                endpoint,
-                "error",
-                status=429,
-                times=self.rng.randint(2, 5),
-                reset_in=self.rng.randint(5, 15),
-            )
+            seconds = self.rng.randint(5, 15)
+            fault = self.sandbox.x.faults.add(endpoint, "error", status=429, reset_in=seconds)
+            self.bursts.append((now + seconds - 1, fault))
             self.counts["429_bursts"] += 1
             self.next["burst"] = now + self.rng.uniform(10, 25)
         return 0.2
@@ -765,6 +770,23 @@ def install_faults(sandbox: Any) -> None:
     # Telegram: 10 % errors, a few sends taken and then cut (the message shows twice).
     telegram.add("sendMessage", "cut_after", rate=0.02)
     telegram.add("*", "error", status=502, rate=0.08)
+
+
+READ_WINDOW_SCALE = 10  # the run queues each stage 20-80 times as often as its schedule
+
+
+def compress_read_windows(sandbox: Any) -> None:
+    """X's read limits per 15 minutes, times ``READ_WINDOW_SCALE``: the run compresses
+    time for the schedules, so it does for the read windows (mentions, 300 per window, are
+    read every 3 s here; unscaled, a long run spends the window and discovery stops for
+    the rest of it). The write limit (100 replies per 15 minutes) stays X's own."""
+    from sandbox.x_api import DEFAULT_LIMITS
+
+    for endpoint, scopes in DEFAULT_LIMITS.items():
+        if endpoint in ("create_tweet", "delete_tweet"):
+            continue
+        for scope, limit in scopes.items():
+            sandbox.x.set_limit(endpoint, limit * READ_WINDOW_SCALE, scope=scope)
 
 
 def clear_faults(sandbox: Any) -> None:
@@ -844,6 +866,7 @@ def _run(config: Config, say: Callable[[str], None], started: float, logs: Path)
 
         PipelineControl.objects.get_or_create(pk=1)
         sandbox.x.timeline_lag = TIMELINE_LAG
+        compress_read_windows(sandbox)
         env = {**base_env(config), **{k: str(v) for k, v in sandbox.env().items()}}
         posts = summon_posts(config, sandbox, rng)
         quiet_start, quiet_end, quiet_ends_at = quiet_hours(datetime.now(UTC))
