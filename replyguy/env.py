@@ -7,6 +7,7 @@ typo in a deploy fails at start instead of running with a silent fallback.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 
@@ -69,6 +70,8 @@ def env_float(
         number = float(value)
     except ValueError:
         raise _bad(name, value, "a number") from None
+    if not math.isfinite(number):
+        raise _bad(name, value, "a finite number")
     _check_range(name, value, number, minimum, maximum)
     return number
 

@@ -1,23 +1,25 @@
 """``make run``: the whole service on one machine, stopped cleanly by Ctrl-C.
 
-``python -m replyguy.launch [--host H] [--port P]`` reads ``.env``, adds what local
-mode needs and writes those additions to ``var/local.env`` (``replyguy.localenv``), so
-``manage.py`` run by hand sees the same service. Then it migrates, makes sure there is
-an admin login, and starts, each in its own process group:
+``python -m replyguy.launch [--host H] [--port P]`` reads ``.env``, decides what local
+mode adds and writes it to ``var/local.env`` (``replyguy.localenv``), so ``manage.py``
+run by hand sees the same service. It checks the settings and the database, migrates,
+makes sure there is an admin login, and starts, each in its own process group:
 
-- without ``X_API_KEY``, the sandbox (``manage.py sandbox --demo``) for X, and for the
-  model and Telegram unless ``.env`` configures them (``OPENAI_API_KEY``,
-  ``TELEGRAM_BOT_TOKEN``). Its ports are 8701-8703, or free ones when
-  those are taken (it says so). With X simulated, replies go out within a minute of
-  approval and there are no quiet hours, unless ``.env`` says otherwise;
+- without ``X_API_KEY``, the sandbox (``manage.py sandbox --demo``, always on
+  127.0.0.1) for X, and for the model and Telegram unless ``.env`` configures them.
+  Its ports are 8701-8703, or free ones when those are taken (it says so). The sandbox
+  gets its own SQLite file (``var/sandbox.sqlite3``, unless ``DATABASE_URL`` is set),
+  so nothing drafted against it is ever published to a real X later; and, unless
+  ``.env`` sets any pacing, replies go out within a minute with no quiet hours;
 - the django-q2 cluster, the Telegram poller (when Telegram is configured or
   simulated) and the web server.
 
 It says what runs where, what is simulated and when an approved reply goes out. A
-busy web port or a bad setting stops it at once with one line. Ctrl-C, SIGTERM or
-SIGHUP stop every child: SIGTERM first, SIGKILL to whatever is left after the
-cluster's grace period; it then exits 0. A child that dies on its own stops the rest,
-and the exit status is 1.
+busy web port, a bad setting or an unreachable database stops it at once with one
+line. Ctrl-C, SIGTERM or SIGHUP stop every child: SIGTERM to the web server, the poller
+and the worker, then to the sandbox once they are gone, SIGKILL to whatever is left
+after the worker's grace period; it then exits 0. A child that dies on its own stops
+the rest, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -31,22 +33,24 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from replyguy.localenv import (
     BASE_DIR,
-    LOCAL_FILE,
     EnvFileError,
-    env_files,
-    load_env_files,
-    var_dir,
+    dotenv_path,
+    files_on,
+    local_path,
+    read_env_file,
     write_env_file,
 )
 from sandbox.harness import OUR_USERNAME, Sandbox
 
+SANDBOX_HOST = "127.0.0.1"  # never the network: the phone approves replies
 SANDBOX_PORTS = {"x": 8701, "openai": 8702, "telegram": 8703}
-# Which settings make a service real, and the sandbox settings standing in for it.
+# The setting that makes a service real, and the words for it.
 SIMULATED_BY = {
     "x": ("X_API_KEY", "X"),
     "openai": ("OPENAI_API_KEY", "the model"),
@@ -64,6 +68,7 @@ SANDBOX_SETTINGS = {
     "openai": ("OPENAI_BASE_URL", "OPENAI_API_KEY", "AI_MODEL"),
     "telegram": ("TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID", "TELEGRAM_API_BASE_URL"),
 }
+DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 # A first run should see its approval go out, not wait half an hour or until 07:00.
 SANDBOX_PACING = {
     "MIN_DELAY_MINUTES": "0",
@@ -73,9 +78,9 @@ SANDBOX_PACING = {
     "QUIET_HOURS_END": "0",
 }
 LOCAL_HEADER = """\
-Written by `make run` at each start: the local-mode settings it added to .env.
-manage.py reads .env and then this file, so commands run by hand see the same service.
-A variable in .env or the environment wins over this file. Safe to delete."""
+Written by `make run` at each start: what local mode added to .env.
+manage.py reads it (over .env, under the environment), so commands run by hand see
+the same service. Ignored whenever X_API_KEY or SECRET_KEY is set. Safe to delete."""
 READY_SECONDS = 60
 STOP_MARGIN_SECONDS = 5
 
@@ -92,12 +97,11 @@ class Stop(Exception):
 class Child:
     name: str
     process: subprocess.Popen
-    stopping: bool = field(default=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="the web server's address")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
         "--sandbox-ports",
@@ -109,9 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return launch.run()
     except Stop as stop:
-        print(f"Reply Guy cannot start: {stop}", file=sys.stderr)
-        launch.stop_children()
+        if stop.status:
+            say(f"Reply Guy cannot start: {stop}", error=True)
+        else:
+            say(f"Reply Guy: {stop}")
         return stop.status
+    finally:
+        launch.stop_children()
 
 
 def _ports(parser: argparse.ArgumentParser, text: str) -> dict[str, int]:
@@ -124,6 +132,12 @@ def _ports(parser: argparse.ArgumentParser, text: str) -> dict[str, int]:
     return dict(zip(SANDBOX_PORTS, ports, strict=True))
 
 
+def say(text: str, *, error: bool = False) -> None:
+    """Print, even when the terminal is gone (SIGHUP): stopping must still happen."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr if error else sys.stdout, flush=True)
+
+
 class Launch:
     def __init__(self, host: str, port: int, sandbox_ports: dict[str, int]) -> None:
         self.host = host
@@ -132,33 +146,29 @@ class Launch:
         self.children: list[Child] = []
         self.signalled: str | None = None
         self.sandbox: dict[str, int] = {}  # the sandbox's ports, when it runs
-        self.pacing = ""
+        self.quick_pacing = False
         self.lines: list[tuple[str, str]] = []  # what to say once everything runs
 
     def run(self) -> int:
-        self.settings()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self.on_signal)
+        self.settings()
+        pacing = _checked_django()
         self.manage("migrate", "--no-input", "-v", "0")
-        self.manage("local_admin")
+        self.manage("local_admin", say_it="login")
         if self.sandbox:
-            ports = self.sandbox
-            self.start(
-                "sandbox",
-                "sandbox",
-                "--demo",
-                "--host",
-                self.host,
-                *(f"--{name}-port={port}" for name, port in ports.items()),
-            )
-            for port in ports.values():
-                self.wait_listening(port, "sandbox")
+            ports = [f"--{name}-port={port}" for name, port in self.sandbox.items()]
+            self.start("sandbox", "sandbox", "--demo", "--host", SANDBOX_HOST, *ports)
+            for port in self.sandbox.values():
+                self.wait_listening(SANDBOX_HOST, port, "sandbox")
         self.start("worker", "qcluster")
         if os.environ.get("TELEGRAM_BOT_TOKEN"):
             self.start("telegram poller", "telegram_bot")
         self.start("web server", "runserver", "--noreload", f"{self.host}:{self.port}")
-        self.wait_listening(self.port, "web server")
-        self.say_running()
+        self.wait_listening(self.host, self.port, "web server")
+        if self.quick_pacing:
+            pacing += " (the sandbox's quick pacing: set MIN_DELAY_MINUTES and the rest in .env)"
+        self.say_running(pacing)
         return self.supervise()
 
     # --- settings ---------------------------------------------------------------------
@@ -166,122 +176,152 @@ class Launch:
     def settings(self) -> None:
         """Load .env, decide what local mode adds, write it to var/local.env and put it in
         this process's environment (the children inherit it)."""
-        files = env_files()
-        dotenv = files[0] if files else None  # REPLYGUY_ENV_FILES=off: the environment only
         try:
-            load_env_files(files[:1])
+            dotenv = read_env_file(dotenv_path()) if files_on() else {}
         except EnvFileError as error:
             raise Stop(str(error)) from None
-        self.require_free(self.port, "the web server", f"make run PORT={self.port + 1}")
+        for name, value in dotenv.items():
+            if not _env(name):
+                os.environ[name] = value
+        self.require_free(self.port)
         added: dict[str, str] = {}
         if not _env("DEBUG"):
             added["DEBUG"] = "true"
-        # Only without X credentials: a real X never gets a placeholder draft or a chat
-        # nobody reads. With X, what .env lacks is reported by the service as on a PaaS.
-        simulated = [key for key, (setting, _) in SIMULATED_BY.items() if not _env(setting)]
-        if _env("X_API_KEY"):
-            simulated = []
+        simulated = [] if _env("X_API_KEY") else self.simulated()
         if simulated:
             self.sandbox = self.sandbox_ports_free()
-            urls = {name: f"http://{self.host}:{port}" for name, port in self.sandbox.items()}
+            urls = {name: f"http://{SANDBOX_HOST}:{port}" for name, port in self.sandbox.items()}
             sandbox_env = Sandbox.env_for(**urls)
             for key in simulated:
                 added.update({name: sandbox_env[name] for name in SANDBOX_SETTINGS[key]})
-            added.update({k: v for k, v in SANDBOX_PACING.items() if not _env(k)})
+            if not _env("DATABASE_URL"):
+                # Never the database a real X account will use: its rows name sandbox posts.
+                folder = local_path(dotenv).parent
+                added["DATABASE_URL"] = f"sqlite:///{folder / 'sandbox.sqlite3'}"
+            if not any(_env(name) for name in SANDBOX_PACING):
+                added.update(SANDBOX_PACING)
+                self.quick_pacing = True
             names = _and([SIMULATED_BY[key][1] for key in simulated])
             self.say("simulated", f"{names}: the local sandbox ({_why(simulated)})")
             self.say("sandbox X", f"{urls['x']}/_sandbox/state (our account: @{OUR_USERNAME})")
             if "telegram" in simulated:
                 self.say("sandbox phone", f"{urls['telegram']}/phone (the owner's chat)")
-        local_file = var_dir(dotenv) / LOCAL_FILE
-        write_env_file(local_file, added, LOCAL_HEADER)
         os.environ.update(added)
-        self.pacing = _pacing()
+        local_file = local_path(dotenv)
+        try:
+            write_env_file(local_file, added, LOCAL_HEADER)
+        except OSError as error:
+            raise Stop(f"{local_file} cannot be written ({error.strerror})") from None
+        default = local_path(dotenv).parent / "db.sqlite3"
+        self.say("database", _database(os.environ.get("DATABASE_URL", ""), default))
         self.say("by hand", f"manage.py commands use these settings ({_shown(local_file)})")
 
-    def say(self, label: str, text: str) -> None:
-        self.lines.append((label, text))
+    def simulated(self) -> list[str]:
+        """The services the sandbox stands in for: X, and the model and Telegram unless
+        .env configures them. A model URL of your own (Ollama, say) is never replaced:
+        without OPENAI_API_KEY the service says that it is missing."""
+        simulated = ["x"]
+        url = _env("OPENAI_BASE_URL")
+        if not _env("OPENAI_API_KEY") and url in ("", DEFAULT_OPENAI_URL):
+            simulated.append("openai")
+        if not _env("TELEGRAM_BOT_TOKEN"):
+            simulated.append("telegram")
+        return simulated
 
     def sandbox_ports_free(self) -> dict[str, int]:
         ports = {}
         for name, port in self.sandbox_ports.items():
-            if port and _free(self.host, port):
+            if port and _free(SANDBOX_HOST, port):
                 ports[name] = port
                 continue
-            ports[name] = _any_free_port(self.host)
+            ports[name] = _any_free_port(SANDBOX_HOST)
             if port:
                 self.say("note", f"port {port} is busy: the sandbox {name} is on {ports[name]}")
         return ports
 
-    def require_free(self, port: int, what: str, hint: str) -> None:
+    def require_free(self, port: int) -> None:
         if not _free(self.host, port):
             raise Stop(
-                f"port {port} on {self.host} is already in use, so {what} cannot listen there "
-                f"(another `make run`?). Stop that, or choose another port: {hint}"
+                f"port {port} on {self.host} is already in use, so the web server cannot "
+                f"listen there (another `make run`?). Stop that, or choose another port: "
+                f"make run PORT={port + 1}"
             )
+
+    def say(self, label: str, text: str) -> None:
+        self.lines.append((label, text))
 
     # --- children ---------------------------------------------------------------------
 
-    def manage(self, *command: str) -> None:
-        """A manage.py step that must succeed before anything starts."""
-        done = subprocess.run([sys.executable, "manage.py", *command], cwd=BASE_DIR, check=False)
-        if self.signalled:
-            raise Stop("stopped before it started", status=0)
-        if done.returncode != 0:
-            # manage.py has said why in one line.
-            raise Stop(f"`manage.py {command[0]}` failed (exit status {done.returncode})", 1)
+    def manage(self, *command: str, say_it: str = "") -> None:
+        """A manage.py step that must succeed before anything starts; its output is
+        kept, and shown only when it fails (or, with ``say_it``, in the summary)."""
+        process = self.popen(*command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        while process.poll() is None:
+            if self.signalled:
+                process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(10)
+                _kill_group(process)
+                raise Stop("stopped before starting", status=0)
+            time.sleep(0.1)
+        output = process.stdout.read().strip() if process.stdout else ""
+        if process.returncode != 0:
+            said = output.splitlines()[-1] if output else "no output"
+            raise Stop(f"`manage.py {command[0]}` failed: {said}", status=1)
+        if say_it and output:
+            self.say(say_it, output.splitlines()[-1])
 
-    def start(self, name: str, *command: str) -> None:
-        process = subprocess.Popen(
+    def popen(self, *command: str, **kwargs: object) -> subprocess.Popen:
+        return subprocess.Popen(
             [sys.executable, "manage.py", *command],
             cwd=BASE_DIR,
             process_group=0,  # Ctrl-C reaches this launcher only; it stops each child
             preexec_fn=_die_with_parent,
+            text=True,
+            **kwargs,
         )
-        self.children.append(Child(name, process))
 
-    def wait_listening(self, port: int, name: str) -> None:
+    def start(self, name: str, *command: str) -> None:
+        self.children.append(Child(name, self.popen(*command)))
+
+    def wait_listening(self, host: str, port: int, name: str) -> None:
         deadline = time.monotonic() + READY_SECONDS
         while time.monotonic() < deadline:
             if self.signalled:
-                raise Stop("stopped before it started", status=0)
+                raise Stop("stopped before starting", status=0)
             for child in self.children:
                 if child.process.poll() is not None:
                     status = child.process.returncode
                     raise Stop(f"the {child.name} stopped at start (exit status {status})", 1)
-            with contextlib.suppress(OSError), socket.create_connection((self.host, port), 0.5):
+            with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
                 return
             time.sleep(0.1)
-        raise Stop(f"the {name} did not listen on port {port} within {READY_SECONDS} s", status=1)
+        raise Stop(f"the {name} did not listen on port {port} within {READY_SECONDS} s", 1)
 
-    def say_running(self) -> None:
+    def say_running(self, pacing: str) -> None:
         url = f"http://{self.host}:{self.port}"
         lines = [("admin", f"{url}/admin/"), ("health", f"{url}/health/status/"), *self.lines]
-        pacing = self.pacing
-        if self.sandbox:
-            pacing += " (the sandbox's quick pacing; .env settings win over it)"
         lines.append(("replies", pacing))
         width = max(len(label) for label, _ in lines)
-        print("Reply Guy is running (Ctrl-C stops everything):", flush=True)
+        say("Reply Guy is running (Ctrl-C stops everything):")
         for label, text in lines:
-            print(f"  {label.ljust(width)}  {text}", flush=True)
+            say(f"  {label.ljust(width)}  {text}")
 
     def supervise(self) -> int:
         while not self.signalled:
             for child in self.children:
                 if child.process.poll() is not None:
-                    print(
+                    say(
                         f"Reply Guy: the {child.name} stopped on its own (exit status "
                         f"{child.process.returncode}); stopping the rest",
-                        file=sys.stderr,
-                        flush=True,
+                        error=True,
                     )
                     self.stop_children()
                     return 1
             time.sleep(0.2)
-        print(f"Reply Guy: {self.signalled}, stopping every process", flush=True)
+        say(f"Reply Guy: {self.signalled}, stopping every process")
         self.stop_children()
-        print("Reply Guy stopped.", flush=True)
+        say("Reply Guy stopped.")
         return 0
 
     def on_signal(self, signum: int, frame: object) -> None:
@@ -292,30 +332,33 @@ class Launch:
         self.signalled = signal.Signals(signum).name
 
     def stop_children(self) -> None:
-        """SIGTERM to each child, the web server first; SIGKILL to each process group
-        still there after the worker's grace period."""
-        for child in reversed(self.children):
-            if child.process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    child.process.send_signal(signal.SIGTERM)
+        """SIGTERM to the web server, the poller and the worker; once they are gone (so
+        a task finishing in its grace period still finds it), to the sandbox. SIGKILL
+        to each process group still there after the worker's grace period."""
         grace = float(os.environ.get("Q_STOP_GRACE_SECONDS") or 10) + STOP_MARGIN_SECONDS
-        deadline = time.monotonic() + grace
-        for child in self.children:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.process.wait(max(deadline - time.monotonic(), 0))
-            if child.process.poll() is None:
-                print(
-                    f"Reply Guy: the {child.name} did not stop in {grace:g} s: killed", flush=True
-                )
-            _kill_group(child.process)  # also whatever it left behind
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.process.wait(5)
+        service = [child for child in self.children if child.name != "sandbox"]
+        sandbox = [child for child in self.children if child.name == "sandbox"]
+        for group in (service, sandbox):
+            for child in reversed(group):
+                if child.process.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for child in group:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.process.wait(max(deadline - time.monotonic(), 0))
+                if child.process.poll() is None:
+                    say(f"Reply Guy: the {child.name} did not stop in {grace:g} s: killed")
+                _kill_group(child.process)  # also whatever it left behind
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.process.wait(5)
+        self.children = []
 
 
-def _pacing() -> str:
-    """The pacing in words, from Django set up in this process with the launch's
-    settings: a bad value stops the launch here with its one line, before anything
-    starts."""
+def _checked_django() -> str:
+    """Django set up in this process with the launch's settings, and the database
+    reached: a bad value or an unreachable database stops the launch here with one
+    line, before anything starts. Returns the pacing in words."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "replyguy.settings")
     import django
     from django.core.exceptions import ImproperlyConfigured
@@ -324,6 +367,16 @@ def _pacing() -> str:
         django.setup()
     except ImproperlyConfigured as error:
         raise Stop(str(error)) from None
+    from django.db import connection
+
+    try:
+        connection.ensure_connection()
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = _database(os.environ.get("DATABASE_URL", ""), Path("var/db.sqlite3"))
+        raise Stop(f"the database cannot be reached ({where}): {first}", 1) from None
+    finally:
+        connection.close()
     from bot.pacing import Pacing
 
     return Pacing.from_settings().summary()
@@ -331,6 +384,16 @@ def _pacing() -> str:
 
 def _env(name: str) -> str:
     return os.environ.get(name, "").strip()
+
+
+def _database(url: str, default: Path) -> str:
+    """Where the data lives, without the password."""
+    if not url:
+        return f"SQLite file {_shown(default)}"
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        return f"SQLite file {_shown(Path(url.removeprefix('sqlite:///')))}"
+    return f"{parts.scheme} on {parts.hostname}:{parts.port or 5432}{parts.path}"
 
 
 def _free(host: str, port: int) -> bool:
@@ -365,8 +428,9 @@ def _and(names: list[str]) -> str:
 
 def _why(simulated: list[str]) -> str:
     settings = [SIMULATED_BY[key][0] for key in simulated]
-    listed = settings[0] if len(settings) == 1 else ", ".join(settings[:-1]) + " or " + settings[-1]
-    return f"none of {listed} is set" if len(settings) > 1 else f"{listed} is not set"
+    if len(settings) == 1:
+        return f"{settings[0]} is not set"
+    return "none of " + ", ".join(settings[:-1]) + " or " + settings[-1] + " is set"
 
 
 def _shown(path: Path) -> str:

@@ -95,15 +95,27 @@ if urlsplit(DATABASE_URL).scheme not in ("postgres", "postgresql", "pgsql", "sql
         "DATABASE_URL is not valid: expected postgres://user:password@host:5432/name "
         "or sqlite:///path (PostgreSQL and SQLite are supported)"
     )
-DATABASES = {
-    "default": dj_database_url.parse(
-        DATABASE_URL,
-        conn_max_age=env_int("CONN_MAX_AGE", 60, minimum=0),
-        conn_health_checks=True,
-    )
-}
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL,
+            conn_max_age=env_int("CONN_MAX_AGE", 60, minimum=0),
+            conn_health_checks=True,
+        )
+    }
+except ValueError:  # dj_database_url's ParseError too; its message may hold the URL
+    raise ImproperlyConfigured(
+        "DATABASE_URL is not valid: expected postgres://user:password@host:5432/name "
+        "(a port is a number) or sqlite:///path"
+    ) from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ImproperlyConfigured(
+            f"the SQLite file's folder {Path(DATABASES['default']['NAME']).parent} cannot be "
+            f"made ({error.strerror}): set REPLYGUY_VAR_DIR or DATABASE_URL"
+        ) from None
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
@@ -165,6 +177,12 @@ Q_CLUSTER = {
 # After SIGTERM or Ctrl-C, running tasks get this long before the cluster is killed
 # (bot/management/commands/qcluster.py): keep it under the platform's own grace period.
 Q_STOP_GRACE_SECONDS = env_float("Q_STOP_GRACE_SECONDS", 10.0, minimum=0)
+# A cluster with tasks waiting and none started for this long is stuck (a worker killed
+# while it held the task queue's lock): it is killed and started again. More than a
+# task's timeout, so a busy cluster is never taken for a stuck one.
+Q_STUCK_SECONDS = env_int("Q_STUCK_SECONDS", Q_CLUSTER["timeout"] * 2, minimum=1)
+if Q_CLUSTER["timeout"] >= Q_STUCK_SECONDS:
+    raise ImproperlyConfigured("Q_STUCK_SECONDS must be more than Q_TIMEOUT_SECONDS")
 if Q_CLUSTER["timeout"] * 2 > Q_CLUSTER["retry"]:
     raise ImproperlyConfigured("Q_RETRY_SECONDS must be at least twice Q_TIMEOUT_SECONDS")
 if Q_BROKER == "redis":

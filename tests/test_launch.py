@@ -3,6 +3,7 @@ bad settings, and stopping on SIGTERM or Ctrl-C with every child gone."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,6 +56,9 @@ def manage(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.C
     [
         ("DEBUG=maybe", "DEBUG"),
         ("Q_WORKERS=two", "Q_WORKERS"),
+        ("Q_STOP_GRACE_SECONDS=nan", "Q_STOP_GRACE_SECONDS"),
+        ("DATABASE_URL=postgres://owner:hunter2@db.example:port/replyguy", "DATABASE_URL"),
+        ("DATABASE_URL=sqlite:////etc/passwd/db.sqlite3", "DATABASE_URL"),
         ("TIME_ZONE=Mars/Base", "TIME_ZONE"),
         ("LOG_LEVEL=LOUD", "LOG_LEVEL"),
         ("DATABASE_URL=mysql://owner:hunter2@db.example/replyguy", "DATABASE_URL"),
@@ -113,31 +117,89 @@ def test_the_launch_names_a_busy_web_port_and_how_to_choose_another(tmp_path):
 # --- manage.py by hand after make run -------------------------------------------------------
 
 
-def test_manage_py_by_hand_sees_what_make_run_wrote_and_env_wins_over_it(tmp_path):
+SHOW = (
+    "from django.conf import settings as s; "
+    "print(s.DEBUG, s.X_API_BASE_URL, s.AI_MODEL, s.MIN_DELAY_MINUTES, sep='|')"
+)
+
+
+def shown_settings(env: dict[str, str]) -> list[str]:
+    done = manage(env, "shell", "-c", SHOW)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1].split("|")
+
+
+def made_run(tmp_path: Path) -> None:
+    """What `make run` leaves in var/local.env with no X account."""
     write_env_file(
         tmp_path / "var" / "local.env",
         {"DEBUG": "true", "X_API_BASE_URL": "http://127.0.0.1:8701", "AI_MODEL": "sandbox-model"},
         "written by make run",
     )
-    env = local_env(tmp_path, "AI_MODEL=llama3.1\n")
+
+
+def test_manage_py_by_hand_sees_what_make_run_wrote(tmp_path):
+    made_run(tmp_path)
+    # .env.example's layout: empty values and defaults, which make run decided over.
+    env = local_env(tmp_path, "DEBUG=\nX_API_KEY=\nX_API_BASE_URL=https://api.twitter.com\n")
     helped = manage(env, "help")
     assert helped.returncode == 0, helped.stderr
     for command in ("recover_stale", "run_pipeline", "telegram_bot", "sandbox", "qcluster"):
         assert command in helped.stdout, f"manage.py help hides {command}"
-    shown = manage(
-        env | {"X_API_KEY": "from-the-environment"},
-        "shell",
-        "-c",
-        "from django.conf import settings as s; "
-        "print(s.DEBUG, s.X_API_BASE_URL, s.AI_MODEL, s.X_API_KEY)",
+    assert shown_settings(env) == ["True", "http://127.0.0.1:8701", "sandbox-model", "5"]
+    # The environment wins over both files.
+    assert shown_settings(env | {"AI_MODEL": "llama3.1"})[2] == "llama3.1"
+
+
+@pytest.mark.parametrize(
+    ("where", "setting"),
+    [
+        ("environment", "X_API_KEY=a-real-key"),
+        (".env", "X_API_KEY=a-real-key"),
+        ("environment", "SECRET_KEY=a-deploys-secret"),
+    ],
+)
+def test_a_real_account_or_a_deploy_never_reads_make_runs_local_settings(tmp_path, where, setting):
+    made_run(tmp_path)
+    name, value = setting.split("=")
+    env = local_env(tmp_path, f"{setting}\n" if where == ".env" else "")
+    if where == "environment":
+        env[name] = value
+    env["DEBUG"] = "true" if name == "X_API_KEY" else ""
+    debug, x_url, model, _ = shown_settings(env)
+    assert x_url == "https://api.twitter.com", "the sandbox's address reached a real process"
+    assert model != "sandbox-model"
+    assert debug == ("True" if name == "X_API_KEY" else "False")
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        (b"DEBUG=true\nX_API_SECRET: hunter2\n", "line 2: expected NAME=value"),
+        (b"DEBUG=\xff\n", "is not UTF-8 text"),
+    ],
+)
+def test_an_unreadable_env_file_is_one_line_that_never_shows_its_values(tmp_path, content, named):
+    env = local_env(tmp_path)
+    (tmp_path / ".env").write_bytes(content)
+    for command in (["manage.py", "check"], ["-m", "replyguy.launch", "--port", "1"]):
+        done = subprocess.run(
+            [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert done.returncode != 0
+        (line,) = done.stderr.strip().splitlines()
+        assert named in line
+        assert "hunter2" not in line
+
+
+def test_env_files_take_a_bom_quotes_export_and_comments(tmp_path):
+    env = local_env(tmp_path)
+    (tmp_path / ".env").write_bytes(
+        b"\xef\xbb\xbfDEBUG=true\r\nexport AI_MODEL = 'llama 3.1 # not a comment'\r\n"
+        b"MIN_DELAY_MINUTES=2 # two minutes\r\n"
     )
-    assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.split()[-4:] == [
-        "True",
-        "http://127.0.0.1:8701",  # var/local.env
-        "llama3.1",  # .env wins over var/local.env
-        "from-the-environment",  # the environment wins over both
-    ]
+    debug, _, model, delay = shown_settings(env)
+    assert (debug, model, delay) == ("True", "llama 3.1 # not a comment", "2")
 
 
 def test_without_make_run_a_missing_secret_key_is_one_line(tmp_path):
@@ -251,6 +313,10 @@ def test_make_run_explains_itself_and_stops_every_child_within_seconds(tmp_path,
         assert "no quiet hours" in said
         assert "0 to 1 min after approval" in said
         assert "/phone (the owner's chat)" in said
+        assert "login" in said
+        assert "admin" in said
+        assert "database       SQLite file" in said
+        assert "sandbox.sqlite3" in said
         # The worker's own first lines say it too (on a PaaS they are the log).
         assert until(lambda: "replyguy.worker pacing: " in output.text, timeout=30)
         assert "simulated: X, the model and Telegram are the local sandbox" in output.text
@@ -319,7 +385,7 @@ def test_a_worker_stuck_in_a_task_is_killed_after_the_grace_period(tmp_path, san
 
         started = time.monotonic()
         cluster.send_signal(signal.SIGTERM)
-        assert cluster.wait(30) == 0, output.text
+        assert cluster.wait(30) == 1, output.text  # stopped, not cleanly
         assert time.monotonic() - started < 15, "2 s of grace, then the kill"
         assert until(lambda: not any(alive(pid) for pid in children), timeout=5)
         output.thread.join(5)
@@ -346,3 +412,50 @@ def test_the_sandbox_models_drafts_say_they_are_placeholders():
             messages=[{"role": "user", "content": "Reply to: testing retries without sleeping"}],
         )
     assert answer.choices[0].message.content.startswith("[sandbox placeholder] ")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cluster_whose_workers_are_stuck_is_restarted_in_place(tmp_path, sandbox):
+    """Workers killed while one held the task queue's lock leave the cluster taking no
+    task for good (django-q2 starts new workers into the same wait); the watchdog sees
+    tasks waiting and none started, and starts the cluster again."""
+    from django_q.tasks import async_task
+
+    env = worker_env(
+        sandbox,
+        Q_TIMEOUT_SECONDS="10",
+        Q_RETRY_SECONDS="20",
+        Q_STUCK_SECONDS="15",
+        LOG_LEVEL="WARNING",
+    )
+    cluster = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(cluster)
+    first, second = tmp_path / "first", tmp_path / "second"
+    try:
+        async_task("tests.helpers.hang", str(first), 0)
+        assert until(first.exists, timeout=60), output.text
+        time.sleep(1)  # the workers are back waiting for the next task
+        (sentinel,) = Path(f"/proc/{cluster.pid}/task/{cluster.pid}/children").read_text().split()
+        for pid in descendants(int(sentinel)):
+            os.kill(pid, signal.SIGKILL)  # as the OOM killer would: no cleanup
+
+        async_task("tests.helpers.hang", str(second), 0)
+        assert until(second.exists, timeout=90), output.text
+        assert "the cluster is stuck: tasks wait and none has started" in output.text
+        assert cluster.poll() is None, "started again in place, same process"
+    finally:
+        if cluster.poll() is None:
+            cluster.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                cluster.wait(30)
+        for pid in descendants(cluster.pid):
+            os.kill(pid, signal.SIGKILL)
+        if cluster.poll() is None:
+            cluster.kill()

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -40,6 +42,7 @@ class Command(QClusterCommand):
 
         say_how_it_runs(log)
         stop = Deadline(settings.Q_STOP_GRACE_SECONDS)
+        Watchdog(settings.Q_STUCK_SECONDS, stop).start()
         original = django_q.cluster.Cluster.sig_handler
 
         def sig_handler(cluster: django_q.cluster.Cluster, signum: int, frame: Any) -> None:
@@ -64,6 +67,77 @@ def say_how_it_runs(logger: logging.Logger) -> None:
             "" if len(names) == 1 else "s",
         )
     logger.info("pacing: %s", Pacing.from_settings().summary())
+
+
+class Watchdog:
+    """Restarts a cluster whose workers have stopped taking tasks.
+
+    A worker waiting for a task holds the task queue's lock; killed there (the OOM
+    killer, say), it never lets go, and every other worker waits on it for good while
+    django-q2 starts new ones into the same wait. Each worker stamps a time shared with
+    this process (``LAST_START``) when it starts a task. When tasks wait in the broker and
+    none has started for ``Q_STUCK_SECONDS`` (more than a task's timeout, so a busy
+    worker is never taken for a stuck one), every process of the cluster is killed and
+    this command starts again in place (same process id). Nothing is lost: the broker
+    hands out again what the dead cluster had taken, and recover_stale runs at start.
+    """
+
+    CHECK_EVERY = 5.0
+
+    def __init__(self, stuck_after: float, stop: Deadline) -> None:
+        self.stuck_after = stuck_after
+        self.stop = stop
+
+    def start(self) -> None:
+        from django_q.signals import pre_execute
+
+        LAST_START.value = time.time()
+        pre_execute.connect(_stamp_start, dispatch_uid="replyguy.watchdog")
+        threading.Thread(target=self._watch, name="cluster-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stop.armed.wait(self.CHECK_EVERY):
+            idle = time.time() - LAST_START.value
+            if idle >= self.stuck_after and self._tasks_waiting():
+                self.restart(idle)
+
+    def _tasks_waiting(self) -> bool:
+        from django.db import connection
+        from django_q.brokers import get_broker
+
+        try:
+            broker = get_broker()
+            # Taken but not acknowledged counts too: a stuck cluster's pusher has taken
+            # what it could into the queue nobody reads.
+            return broker.queue_size() + (broker.lock_size() or 0) > 0
+        except Exception:  # the broker unreachable is not a stuck cluster
+            return False
+        finally:
+            connection.close()
+
+    def restart(self, idle: float) -> None:
+        below = descendants(os.getpid())
+        log.error(
+            "the cluster is stuck: tasks wait and none has started for %d s; "
+            "killing its %d processes and starting it again",
+            idle,
+            len(below),
+        )
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.execv(sys.executable, [sys.executable, *sys.argv])  # noqa: S606 (this very command)
+
+
+# When a worker of this cluster last started a task: shared memory, inherited by the
+# sentinel and every worker it forks.
+LAST_START = multiprocessing.Value("d", 0.0, lock=False)
+
+
+def _stamp_start(**kwargs: Any) -> None:
+    LAST_START.value = time.time()
 
 
 class Deadline:
@@ -100,7 +174,7 @@ class Deadline:
         for pid in below:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        os._exit(0)
+        os._exit(1)  # stopped, but not cleanly
 
 
 def descendants(pid: int) -> list[int]:
