@@ -42,6 +42,7 @@ class Pacing:
     per_hour: int
     per_day: int
     spacing: timedelta
+    per_author: int = 1  # a day, unless a target account sets its own
 
     @classmethod
     def from_settings(cls) -> Pacing:
@@ -54,6 +55,7 @@ class Pacing:
             per_hour=settings.MAX_POSTS_PER_HOUR,
             per_day=settings.MAX_POSTS_PER_DAY,
             spacing=timedelta(minutes=settings.MIN_SPACING_MINUTES),
+            per_author=settings.MAX_REPLIES_PER_AUTHOR_PER_DAY,
         )
 
     def summary(self) -> str:
@@ -68,8 +70,8 @@ class Pacing:
         spacing = int(self.spacing.total_seconds() // 60)
         return (
             f"an approved reply goes out {delay} after approval, at least {spacing} min "
-            f"after the last one, at most {self.per_hour} an hour and {self.per_day} a day, "
-            f"{quiet}"
+            f"after the last one, at most {self.per_hour} an hour and {self.per_day} a day "
+            f"({self.per_author} a day to one author), {quiet}"
         )
 
     def random_delay(self, rng: random.Random | None = None) -> timedelta:

@@ -168,6 +168,7 @@ class Launch:
         self.wait_listening(self.host, self.port, "web server")
         if self.quick_pacing:
             pacing += " (the sandbox's quick pacing: set MIN_DELAY_MINUTES and the rest in .env)"
+        self.say("how", _routes(os.environ.get("REPLY_MODE", "").strip() or "auto"))
         self.say_running(pacing)
         return self.supervise()
 
@@ -380,6 +381,15 @@ def _checked_django() -> str:
     from bot.pacing import Pacing
 
     return Pacing.from_settings().summary()
+
+
+def _routes(mode: str) -> str:
+    return {
+        "auto": "through the API where the author mentioned or quoted us; otherwise a "
+        "link comes back to you to post it yourself (REPLY_MODE=auto, X's rule)",
+        "api": "always through the API (REPLY_MODE=api: for accounts X exempts)",
+        "handoff": "always a link back to you to post it yourself (REPLY_MODE=handoff)",
+    }.get(mode, f"REPLY_MODE={mode}")
 
 
 def _env(name: str) -> str:
