@@ -749,12 +749,17 @@ class InvalidOutput:
     The stand-in's ``output_mode`` holds for every answer until changed; drawn per
     answer instead, bad drafts come scattered, as from a model having a bad moment,
     not in the unbroken run the pipeline rightly takes for a broken setup (the same
-    error on three posts in a row opens the breaker for ten minutes).
+    error on three posts in a row opens the breaker for ten minutes). So after a bad
+    answer the next ``gap`` are good: drawn freely, three cut-off drafts in a row came
+    once in a long run (seed 7) and held the model's breaker open for the last six
+    minutes of the chaos.
     """
 
-    def __init__(self, app: Any, seed: int, rate: float = 0.08) -> None:
+    def __init__(self, app: Any, seed: int, rate: float = 0.08, gap: int = 3) -> None:
         self.app = app
         self.rate = rate
+        self.gap = gap
+        self.good_owed = 0
         self.rng = random.Random(f"{seed}:model")
         self.lock = threading.Lock()
         self.served: Counter[str] = Counter()
@@ -764,9 +769,12 @@ class InvalidOutput:
 
     def __call__(self, body: dict[str, Any], mode: str) -> dict[str, Any]:
         with self.lock:
-            if self.on and mode == "normal" and self.rng.random() < self.rate:
+            if self.on and mode == "normal" and self.good_owed:
+                self.good_owed -= 1
+            elif self.on and mode == "normal" and self.rng.random() < self.rate:
                 mode = self.rng.choice(INVALID_OUTPUT)
                 self.served[mode] += 1
+                self.good_owed = self.gap
         return self.original(body, mode)
 
 
