@@ -322,6 +322,9 @@ class Cluster:
         self.auxiliary: set[int] = set()
         self.seen: set[int] = set()
         self.replacements = 0
+        self.sentinel_pid: int | None = None
+        self.kills: list[str] = []  # when, whom, the system call it was in
+        self.self_restarts = 0
 
     def sentinel(self) -> int | None:
         kids = children(self.process.pid)
@@ -333,18 +336,30 @@ class Cluster:
             sentinel = self.sentinel()
             kids = children(sentinel) if sentinel else []
             if len(kids) >= WORKERS + 2:
-                self.workers = set(kids[:WORKERS])
-                self.auxiliary = set(kids[WORKERS : WORKERS + 2])
-                self.seen = set(kids)
+                self._identify(sentinel, kids)
                 return True
             if self.process.poll() is not None:
                 return False
             time.sleep(0.2)
         return False
 
+    def _identify(self, sentinel: int | None, kids: list[int]) -> None:
+        self.sentinel_pid = sentinel
+        self.workers = set(kids[:WORKERS])
+        self.auxiliary = set(kids[WORKERS : WORKERS + 2])
+        self.seen = set(kids)
+        self.replacements = 0
+
     def _refresh(self) -> list[int]:
         sentinel = self.sentinel()
         kids = children(sentinel) if sentinel else []
+        if sentinel != self.sentinel_pid:
+            # A new sentinel: the cluster restarted itself (its watchdog, Q_STUCK_SECONDS).
+            # Its workers are its first children again, once it has them all.
+            if len(kids) < WORKERS + 2:
+                return []
+            self.self_restarts += 1
+            self._identify(sentinel, kids)
         for pid in kids:
             if pid in self.seen:
                 continue
@@ -367,6 +382,11 @@ class Cluster:
         if not workers:
             return None
         victim = rng.choice(workers)
+        with suppress(OSError):
+            self.kills.append(
+                f"{datetime.now(UTC):%H:%M:%S} pid {victim}: "
+                + Path(f"/proc/{victim}/syscall").read_text().split(" ", 1)[0]
+            )
         with suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
             self.workers.discard(victim)
@@ -910,6 +930,8 @@ def _run(config: Config, say: Callable[[str], None], started: float, logs: Path)
             clean = cluster.stop()
             shifts[-1]["until"] = sandbox.x.clock()
             shifts[-1]["clean_stop"] = clean
+            shifts[-1]["kills"] = cluster.kills
+            shifts[-1]["restarts_seen_by_the_killer"] = cluster.self_restarts
 
         poller = start_poller({**env, **pacing_env(config, quiet=None)}, logs / "poller.log")
         stack.callback(stop_process, poller)
@@ -1012,6 +1034,7 @@ def _run(config: Config, say: Callable[[str], None], started: float, logs: Path)
                 "statuses_at_chaos_end": at_chaos_end,
                 **chaos.counts,
                 "cluster_shifts": len(shifts),
+                "cluster_shift_details": shifts,
                 "cluster_stops_unclean": sum(not s.get("clean_stop", True) for s in shifts),
                 "poller_stopped_cleanly": poller_clean,
                 "tasks_queued_by_the_run": triggers.queued,
@@ -1023,6 +1046,10 @@ def _run(config: Config, say: Callable[[str], None], started: float, logs: Path)
             }
         )
         report["figures"]["log_tracebacks"] = count_tracebacks(logs)
+        with suppress(OSError):
+            # The cluster's watchdog (Q_STUCK_SECONDS): tasks waited and none started.
+            log = (logs / "qcluster.log").read_text(errors="replace")
+            report["figures"]["cluster_stuck_restarts"] = log.count("the cluster is stuck")
         if not report["passed"]:
             (logs / "telegram.json").write_text(
                 json.dumps(sandbox.telegram.snapshot(), default=str)
@@ -1393,7 +1420,8 @@ def summary(report: dict[str, Any]) -> str:
         f"statuses when the chaos stopped: "
         f"{json.dumps(f.get('statuses_at_chaos_end', {}), sort_keys=True)}",
         f"alerts: {f['alerts']} {json.dumps(f['alert_kinds'], sort_keys=True)}",
-        f"logs: {f['logs']} (tracebacks {json.dumps(f['log_tracebacks'], sort_keys=True)})",
+        f"logs: {f['logs']} (tracebacks {json.dumps(f['log_tracebacks'], sort_keys=True)}); "
+        f"the cluster restarted by its watchdog {f.get('cluster_stuck_restarts', 0)} times",
     ]
     if f["harness_errors"]:
         parts.append(f"harness errors: {json.dumps(f['harness_errors'])}")
