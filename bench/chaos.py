@@ -569,6 +569,7 @@ class Plan:
     acted_at: float = 0.0
     version: int = 0
     text: str = ""
+    query: str = ""  # the callback query of the last press
 
 
 class Owner:
@@ -606,10 +607,17 @@ class Owner:
             self.plans[post_id] = Plan(action)
         return self.plans[post_id]
 
-    def press(self, message: dict[str, Any], data: str, label: str) -> None:
-        self.sandbox.telegram.press_button(message["message_id"], data)
+    def press(self, message: dict[str, Any], data: str, label: str) -> str:
+        query = self.sandbox.telegram.press_button(message["message_id"], data)
         self.presses[label] += 1
         self.last_action = time.monotonic()
+        return query
+
+    def unanswered(self, plan: Plan) -> bool:
+        """Whether the bot has not yet answered the last press (the phone's spinner)."""
+        with self.sandbox.telegram.lock:
+            query = self.sandbox.telegram.callback_queries.get(plan.query)
+            return query is not None and not query["answered"]
 
     def step(self) -> float:
         from bot.telegram.buttons import Act, parse
@@ -641,12 +649,16 @@ class Owner:
             patience = 45 if plan.action == "edit" else 8
             if plan.version == version and now - plan.acted_at < patience:
                 continue
+            # Nor while the last press is still unanswered (the poller is behind): pressing
+            # again then only lengthens its queue. After a minute, though, the owner does.
+            if plan.version == version and now - plan.acted_at < 60 and self.unanswered(plan):
+                continue
             step = self._decide(plan, version, post_id, now, OUR_USERNAME)
             if step is None:
                 continue
             act, label = step
             if act in buttons:
-                self.press(message, buttons[act][0], label)
+                plan.query = self.press(message, buttons[act][0], label)
                 plan.acted_at, plan.version = now, version
         # The edit question, answered with the owner's text: the newest one, as a person
         # answers the question at the bottom of the chat (the bot takes an answer only to
@@ -670,6 +682,7 @@ class Owner:
             telegram.send_user_message(plan.text, reply_to_message_id=message["message_id"])
             self.answered_prompts.add(message["message_id"])
             plan.stage = "edit_sent"
+            plan.acted_at = now  # the 45 s before pressing Edit again count from here
             self.last_action = now
         return 0.3
 
