@@ -16,7 +16,9 @@ if __name__ == "__main__":
     from replyguy.localenv import EnvFileError, load_env_files
 
     try:
-        load_env_files()
+        ignored = load_env_files()
+        if ignored:
+            print(f"Reply Guy: {ignored}", file=sys.stderr)
         from django.conf import settings
 
         settings.INSTALLED_APPS  # noqa: B018 (reads the settings: a bad value stops here)

@@ -8,9 +8,10 @@ makes sure there is an admin login, and starts, each in its own process group:
 - without ``X_API_KEY``, the sandbox (``manage.py sandbox --demo``, always on
   127.0.0.1) for X, and for the model and Telegram unless ``.env`` configures them.
   Its ports are 8701-8703, or free ones when those are taken (it says so). The sandbox
-  gets its own SQLite file (``var/sandbox.sqlite3``, unless ``DATABASE_URL`` is set),
-  so nothing drafted against it is ever published to a real X later; and, unless
-  ``.env`` sets any pacing, replies go out within a minute with no quiet hours;
+  gets its own SQLite file (``var/sandbox.sqlite3``; it refuses ``DATABASE_URL``), so
+  nothing drafted against it is ever published to a real X later; and, unless ``.env``
+  sets pacing other than the defaults, replies go out within a minute with no quiet
+  hours;
 - the django-q2 cluster, the Telegram poller (when Telegram is configured or
   simulated) and the web server.
 
@@ -42,6 +43,7 @@ from replyguy.localenv import (
     EnvFileError,
     dotenv_path,
     files_on,
+    local_ignored,
     local_path,
     read_env_file,
     write_env_file,
@@ -70,6 +72,14 @@ SANDBOX_SETTINGS = {
 }
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 # A first run should see its approval go out, not wait half an hour or until 07:00.
+# The defaults (.env.example spells them out): set to these, pacing counts as unset.
+DEFAULT_PACING = {
+    "MIN_DELAY_MINUTES": "5",
+    "MAX_DELAY_MINUTES": "30",
+    "MIN_SPACING_MINUTES": "3",
+    "QUIET_HOURS_START": "23",
+    "QUIET_HOURS_END": "7",
+}
 SANDBOX_PACING = {
     "MIN_DELAY_MINUTES": "0",
     "MAX_DELAY_MINUTES": "1",
@@ -181,6 +191,7 @@ class Launch:
             dotenv = read_env_file(dotenv_path()) if files_on() else {}
         except EnvFileError as error:
             raise Stop(str(error)) from None
+        environ = dict(os.environ)  # as a command run by hand will find it
         for name, value in dotenv.items():
             if not _env(name):
                 os.environ[name] = value
@@ -195,11 +206,17 @@ class Launch:
             sandbox_env = Sandbox.env_for(**urls)
             for key in simulated:
                 added.update({name: sandbox_env[name] for name in SANDBOX_SETTINGS[key]})
-            if not _env("DATABASE_URL"):
-                # Never the database a real X account will use: its rows name sandbox posts.
-                folder = local_path(dotenv).parent
-                added["DATABASE_URL"] = f"sqlite:///{folder / 'sandbox.sqlite3'}"
-            if not any(_env(name) for name in SANDBOX_PACING):
+            if _env("DATABASE_URL"):
+                raise Stop(
+                    "the sandbox does not use DATABASE_URL: its drafts name the sandbox's "
+                    "posts and must never reach a real X from that database. To try the "
+                    "sandbox, take DATABASE_URL out of .env and the environment (it gets "
+                    "its own SQLite file); with a real account, set X_API_KEY"
+                )
+            # Never the database a real X account will use: its rows name sandbox posts.
+            folder = local_path(dotenv).parent
+            added["DATABASE_URL"] = f"sqlite:///{folder / 'sandbox.sqlite3'}"
+            if all(_env(name) in ("", DEFAULT_PACING[name]) for name in SANDBOX_PACING):
                 added.update(SANDBOX_PACING)
                 self.quick_pacing = True
             names = _and([SIMULATED_BY[key][1] for key in simulated])
@@ -215,7 +232,11 @@ class Launch:
             raise Stop(f"{local_file} cannot be written ({error.strerror})") from None
         default = local_path(dotenv).parent / "db.sqlite3"
         self.say("database", _database(os.environ.get("DATABASE_URL", ""), default))
-        self.say("by hand", f"manage.py commands use these settings ({_shown(local_file)})")
+        ignored = local_ignored(added, dotenv, environ)
+        if ignored:
+            self.say("by hand", f"manage.py does not use these settings: {ignored}")
+        else:
+            self.say("by hand", f"manage.py commands use these settings ({_shown(local_file)})")
 
     def simulated(self) -> list[str]:
         """The services the sandbox stands in for: X, and the model and Telegram unless
@@ -276,6 +297,8 @@ class Launch:
         return subprocess.Popen(
             [sys.executable, "manage.py", *command],
             cwd=BASE_DIR,
+            # Everything is in their environment already: no file read again.
+            env={**os.environ, "REPLYGUY_ENV_FILES": "off"},
             process_group=0,  # Ctrl-C reaches this launcher only; it stops each child
             preexec_fn=_die_with_parent,
             text=True,
@@ -336,7 +359,11 @@ class Launch:
         """SIGTERM to the web server, the poller and the worker; once they are gone (so
         a task finishing in its grace period still finds it), to the sandbox. SIGKILL
         to each process group still there after the worker's grace period."""
-        grace = float(os.environ.get("Q_STOP_GRACE_SECONDS") or 10) + STOP_MARGIN_SECONDS
+        try:
+            grace = float(os.environ.get("Q_STOP_GRACE_SECONDS") or 10)
+        except ValueError:  # refused at start with its one line; stop all the same
+            grace = 10.0
+        grace = min(max(grace, 0.0), 600.0) + STOP_MARGIN_SECONDS
         service = [child for child in self.children if child.name != "sandbox"]
         sandbox = [child for child in self.children if child.name == "sandbox"]
         for group in (service, sandbox):
@@ -378,6 +405,13 @@ def _checked_django() -> str:
         raise Stop(f"the database cannot be reached ({where}): {first}", 1) from None
     finally:
         connection.close()
+    if _env("REDIS_URL"):  # without it the cache is a table migrate makes
+        from django.core.cache import cache
+
+        try:
+            cache.get("replyguy:launch")
+        except Exception as error:
+            raise Stop(f"Redis cannot be reached (REDIS_URL): {error}", 1) from None
     from bot.pacing import Pacing
 
     return Pacing.from_settings().summary()
@@ -403,7 +437,10 @@ def _database(url: str, default: Path) -> str:
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         return f"SQLite file {_shown(Path(url.removeprefix('sqlite:///')))}"
-    return f"{parts.scheme} on {parts.hostname}:{parts.port or 5432}{parts.path}"
+    try:
+        return f"{parts.scheme} on {parts.hostname}:{parts.port or 5432}{parts.path}"
+    except ValueError:  # a malformed port, or a password with a '/': never shown
+        return "DATABASE_URL (unreadable)"
 
 
 def _free(host: str, port: int) -> bool:

@@ -7,9 +7,10 @@ a command run by hand sees the service ``make run`` started.
 
 Order: the environment first, then ``var/local.env`` (what ``make run`` decided, over
 the ``.env`` it decided from), then ``.env``; an empty value counts as unset, as
-everywhere in the settings. ``var/local.env`` is local mode only: it is ignored
-whenever ``X_API_KEY`` or ``SECRET_KEY`` is set (in the environment or ``.env``), so a
-deploy or a real account never picks up the sandbox or DEBUG from a stale file.
+everywhere in the settings. ``var/local.env`` is local mode only, and all or nothing:
+it is ignored whenever ``X_API_KEY`` or ``SECRET_KEY`` is set (in the environment or
+``.env``), or the environment gives one of its variables another value, so a deploy, a
+real account or another database never picks up the sandbox or DEBUG from it.
 
 Neither file is read by the web server (``wsgi``), nor anywhere without them: a PaaS
 sets its variables in its own dashboard. ``REPLYGUY_ENV_FILES=off`` turns both off (the
@@ -20,12 +21,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
     "EnvFileError",
     "dotenv_path",
     "load_env_files",
+    "local_ignored",
     "local_path",
     "read_env_file",
     "write_env_file",
@@ -81,6 +84,8 @@ def read_env_file(path: Path) -> dict[str, str]:
             raise EnvFileError(f"{path}, line {number}: expected NAME=value")
         name, value = match.groups()
         value = value.strip()
+        if "\x00" in value:
+            raise EnvFileError(f"{path}, line {number}: {name} holds a NUL character")
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
         else:
@@ -89,17 +94,35 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def load_env_files() -> None:
-    """Fill the environment's unset (or empty) variables from the two files."""
+def load_env_files() -> str | None:
+    """Fill the environment's unset (or empty) variables from the two files; returns
+    why ``var/local.env`` was ignored, if it was."""
     if not files_on():
-        return
+        return None
     dotenv = read_env_file(dotenv_path())
-    local = read_env_file(local_path(dotenv))
-    if any(_set(os.environ.get(name)) or _set(dotenv.get(name)) for name in NOT_LOCAL):
+    path = local_path(dotenv)
+    local = {k: v for k, v in read_env_file(path).items() if _set(v)}
+    ignored = local_ignored(local, dotenv) if local else None
+    if ignored:
         local = {}
-    for name, value in {**dotenv, **{k: v for k, v in local.items() if _set(v)}}.items():
+    for name, value in {**dotenv, **local}.items():
         if not _set(os.environ.get(name)):
             os.environ[name] = value
+    return f"{path} is ignored: {ignored}" if ignored else None
+
+
+def local_ignored(
+    local: dict[str, str], dotenv: dict[str, str], environ: Mapping[str, str] = os.environ
+) -> str | None:
+    """Why make run's settings must not apply here, or None. All or nothing: half of
+    them (the sandbox's X with another database, say) would be worse than none."""
+    for name in NOT_LOCAL:
+        if _set(environ.get(name)) or _set(dotenv.get(name)):
+            return f"{name} is set (not local mode)"
+    for name, value in local.items():
+        if _set(environ.get(name)) and environ[name].strip() != value:
+            return f"{name} in the environment differs from what make run used"
+    return None
 
 
 def write_env_file(path: Path, values: dict[str, str], header: str) -> None:

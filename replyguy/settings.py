@@ -180,9 +180,11 @@ Q_STOP_GRACE_SECONDS = env_float("Q_STOP_GRACE_SECONDS", 10.0, minimum=0)
 # A cluster with tasks waiting and none started for this long is stuck (a worker killed
 # while it held the task queue's lock): it is killed and started again. More than a
 # task's timeout, so a busy cluster is never taken for a stuck one.
-Q_STUCK_SECONDS = env_int("Q_STUCK_SECONDS", Q_CLUSTER["timeout"] * 2, minimum=1)
-if Q_CLUSTER["timeout"] >= Q_STUCK_SECONDS:
-    raise ImproperlyConfigured("Q_STUCK_SECONDS must be more than Q_TIMEOUT_SECONDS")
+Q_STUCK_SECONDS = env_int(
+    "Q_STUCK_SECONDS", max(Q_CLUSTER["timeout"] * 2, Q_CLUSTER["timeout"] + 30), minimum=1
+)
+if Q_CLUSTER["timeout"] + 30 > Q_STUCK_SECONDS:
+    raise ImproperlyConfigured("Q_STUCK_SECONDS must be at least Q_TIMEOUT_SECONDS + 30")
 if Q_CLUSTER["timeout"] * 2 > Q_CLUSTER["retry"]:
     raise ImproperlyConfigured("Q_RETRY_SECONDS must be at least twice Q_TIMEOUT_SECONDS")
 if Q_BROKER == "redis":

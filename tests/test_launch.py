@@ -147,8 +147,8 @@ def test_manage_py_by_hand_sees_what_make_run_wrote(tmp_path):
     for command in ("recover_stale", "run_pipeline", "telegram_bot", "sandbox", "qcluster"):
         assert command in helped.stdout, f"manage.py help hides {command}"
     assert shown_settings(env) == ["True", "http://127.0.0.1:8701", "sandbox-model", "5"]
-    # The environment wins over both files.
-    assert shown_settings(env | {"AI_MODEL": "llama3.1"})[2] == "llama3.1"
+    # The environment wins over .env.
+    assert shown_settings(env | {"MIN_DELAY_MINUTES": "7"})[3] == "7"
 
 
 @pytest.mark.parametrize(
@@ -425,7 +425,7 @@ def test_a_cluster_whose_workers_are_stuck_is_restarted_in_place(tmp_path, sandb
         sandbox,
         Q_TIMEOUT_SECONDS="10",
         Q_RETRY_SECONDS="20",
-        Q_STUCK_SECONDS="15",
+        Q_STUCK_SECONDS="40",
         LOG_LEVEL="WARNING",
     )
     cluster = subprocess.Popen(
@@ -446,9 +446,13 @@ def test_a_cluster_whose_workers_are_stuck_is_restarted_in_place(tmp_path, sandb
         for pid in descendants(int(sentinel)):
             os.kill(pid, signal.SIGKILL)  # as the OOM killer would: no cleanup
 
-        async_task("tests.helpers.hang", str(second), 0)
-        assert until(second.exists, timeout=90), output.text
-        assert "the cluster is stuck: tasks wait and none has started" in output.text
+        # More than the frozen queue takes (django-q2 hands a cluster workers² at a
+        # time): the rest wait in the broker, which is what the watchdog watches.
+        for n in range(8):
+            async_task("tests.helpers.hang", f"{second}-{n}", 0)
+        ran = lambda: list(tmp_path.glob("second-*"))  # noqa: E731
+        assert until(ran, timeout=150), output.text
+        assert "the cluster is stuck: tasks have waited" in output.text
         assert cluster.poll() is None, "started again in place, same process"
     finally:
         if cluster.poll() is None:
@@ -459,3 +463,106 @@ def test_a_cluster_whose_workers_are_stuck_is_restarted_in_place(tmp_path, sandb
             os.kill(pid, signal.SIGKILL)
         if cluster.poll() is None:
             cluster.kill()
+
+
+@pytest.mark.parametrize(
+    ("waiting", "starts", "restarted"),
+    [
+        # A schedule's batch seen before the pusher takes it, every 30 s: healthy.
+        ([True, False, False, False, False, False] * 4, [], False),
+        # Tasks always waiting (busy workers), but tasks start: healthy.
+        ([True] * 20, [10, 40, 70, 90], False),
+        # Tasks always waiting, none started since they were first seen: stuck.
+        ([True] * 20, [], True),
+        # The broker unreachable reads as nothing waiting: never a restart.
+        ([False] * 20, [], False),
+    ],
+)
+def test_the_watchdog_restarts_only_a_cluster_that_takes_no_task(waiting, starts, restarted):
+    from bot.management.commands import qcluster
+
+    watchdog = qcluster.Watchdog(stuck_after=60, stop=qcluster.Deadline(10))
+    restarts = []
+    watchdog.restart = restarts.append
+    answers = iter(waiting)
+    watchdog._tasks_waiting = lambda: next(answers)
+    started = 0.0
+    for tick in range(len(waiting)):
+        now = 1000.0 + tick * 5
+        started = max([started] + [1000.0 + s for s in starts if 1000.0 + s <= now])
+        qcluster.LAST_START.value = started
+        watchdog.check(now)
+    assert bool(restarts) == restarted
+
+
+def launch_once(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The launcher, expected to stop before starting anything."""
+    return subprocess.run(
+        [sys.executable, "-m", "replyguy.launch", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("dotenv", "said"),
+    [
+        (
+            "DATABASE_URL=postgres://owner:hunter2@127.0.0.1:5432/real\n",
+            "the sandbox does not use DATABASE_URL",
+        ),
+        ("DATABASE_URL=postgres://bob:Hunter2/x@db.example:5432/app\n", "DATABASE_URL"),
+        ("Q_STOP_GRACE_SECONDS=abc\n", "Q_STOP_GRACE_SECONDS='abc' is not valid"),
+        ("AI_MODEL=llama\x003\n", "AI_MODEL holds a NUL character"),
+    ],
+)
+def test_the_launch_refuses_in_one_line_and_never_shows_a_password(tmp_path, dotenv, said):
+    done = launch_once(local_env(tmp_path, dotenv))
+    assert done.returncode != 0
+    (line,) = done.stderr.strip().splitlines()
+    assert said in line
+    assert "unter2" not in done.stderr + done.stdout
+
+
+def test_local_settings_are_all_or_nothing_and_say_when_ignored(tmp_path):
+    made_run(tmp_path)
+    env = local_env(tmp_path, "DEBUG=true\n") | {"X_API_BASE_URL": "https://api.twitter.com"}
+    done = manage(env, "shell", "-c", SHOW)
+    assert done.returncode == 0, done.stderr
+    assert "local.env is ignored: X_API_BASE_URL in the environment differs" in done.stderr
+    assert done.stdout.strip().splitlines()[-1].split("|")[2] != "sandbox-model"
+
+
+def test_env_example_as_env_still_gets_the_sandboxs_quick_pacing(tmp_path):
+    """.env.example spells out the defaults; copied as .env they count as unset."""
+    example = (ROOT / ".env.example").read_text()
+    env = local_env(tmp_path, example)
+    launch = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "replyguy.launch",
+            "--port",
+            str(free_port()),
+            "--sandbox-ports",
+            f"{free_port()},{free_port()},{free_port()}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output = Output(launch)
+    try:
+        assert until(lambda: "replies " in output.text or launch.poll() is not None, timeout=90)
+        assert "0 to 1 min after approval" in output.text, output.text
+        assert "manage.py commands use these settings" in output.text
+        assert shown_settings(local_env(tmp_path, example))[1].startswith("http://127.0.0.1:")
+    finally:
+        launch.send_signal(signal.SIGTERM)
+        launch.wait(30)

@@ -75,60 +75,97 @@ class Watchdog:
     A worker waiting for a task holds the task queue's lock; killed there (the OOM
     killer, say), it never lets go, and every other worker waits on it for good while
     django-q2 starts new ones into the same wait. Each worker stamps a time shared with
-    this process (``LAST_START``) when it starts a task. When tasks wait in the broker and
-    none has started for ``Q_STUCK_SECONDS`` (more than a task's timeout, so a busy
-    worker is never taken for a stuck one), every process of the cluster is killed and
-    this command starts again in place (same process id). Nothing is lost: the broker
-    hands out again what the dead cluster had taken, and recover_stale runs at start.
+    this process (``LAST_START``) when it starts a task. When tasks have waited in the
+    broker (queued, not yet taken) at every check for ``Q_STUCK_SECONDS`` and none has
+    started since they were first seen (more than a task's timeout, so a busy worker is
+    never taken for a stuck one), every process of the cluster is killed and this
+    command starts again in place (same process id). Nothing is lost: tasks find their
+    work in the database, the broker hands out again what the dead cluster had taken
+    (the ORM broker; a Redis broker's taken tasks run again with their schedule), and
+    recover_stale runs at start. After three restarts in a row with no task started in
+    between, it gives up and exits 1: that is not this lock.
     """
 
     CHECK_EVERY = 5.0
+    RESTARTS = "REPLYGUY_WATCHDOG_RESTARTS"  # carried across the restarts, in place
+    GIVE_UP_AFTER = 3
 
     def __init__(self, stuck_after: float, stop: Deadline) -> None:
         self.stuck_after = stuck_after
         self.stop = stop
+        self.waiting_since: float | None = None
 
     def start(self) -> None:
         from django_q.signals import pre_execute
 
-        LAST_START.value = time.time()
+        _reap()
+        LAST_START.value = 0.0
         pre_execute.connect(_stamp_start, dispatch_uid="replyguy.watchdog")
         threading.Thread(target=self._watch, name="cluster-watchdog", daemon=True).start()
 
     def _watch(self) -> None:
         while not self.stop.armed.wait(self.CHECK_EVERY):
-            idle = time.time() - LAST_START.value
-            if idle >= self.stuck_after and self._tasks_waiting():
-                self.restart(idle)
+            if LAST_START.value:
+                os.environ[self.RESTARTS] = "0"  # this start took tasks: not stuck
+            self.check(time.time())
+
+    def check(self, now: float) -> None:
+        if not self._tasks_waiting():
+            self.waiting_since = None
+        elif self.waiting_since is None or LAST_START.value >= self.waiting_since:
+            self.waiting_since = now  # seen waiting now, or taken since: watch afresh
+        elif now - self.waiting_since >= self.stuck_after:
+            self.restart(now - self.waiting_since)
 
     def _tasks_waiting(self) -> bool:
         from django.db import connection
         from django_q.brokers import get_broker
 
         try:
-            broker = get_broker()
-            # Taken but not acknowledged counts too: a stuck cluster's pusher has taken
-            # what it could into the queue nobody reads.
-            return broker.queue_size() + (broker.lock_size() or 0) > 0
+            return get_broker().queue_size() > 0
         except Exception:  # the broker unreachable is not a stuck cluster
             return False
         finally:
             connection.close()
 
-    def restart(self, idle: float) -> None:
+    def restart(self, waited: float) -> None:
+        restarts = int(os.environ.get(self.RESTARTS) or 0) + 1
         below = descendants(os.getpid())
+        if restarts > self.GIVE_UP_AFTER:
+            log.error(
+                "the cluster is stuck again after %d restarts with no task started: "
+                "giving up (exit 1); look at the log above",
+                self.GIVE_UP_AFTER,
+            )
+            _kill(below)
+            os._exit(1)
         log.error(
-            "the cluster is stuck: tasks wait and none has started for %d s; "
-            "killing its %d processes and starting it again",
-            idle,
+            "the cluster is stuck: tasks have waited %d s and none has started; killing "
+            "its %d processes and starting it again (restart %d)",
+            waited,
             len(below),
+            restarts,
         )
-        for pid in below:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        os.environ[self.RESTARTS] = str(restarts)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+        # The sentinel last, and the new start at once: its death would otherwise let
+        # the main thread finish and end the process. The new start reaps the dead.
+        _kill(below)
         os.execv(sys.executable, [sys.executable, *sys.argv])  # noqa: S606 (this very command)
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in reversed(pids):  # deepest first: the sentinel (a child) goes last
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _reap() -> None:
+    """Collect children a previous start of this process left dead (no zombies)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
 
 
 # When a worker of this cluster last started a task: shared memory, inherited by the
@@ -171,9 +208,7 @@ class Deadline:
             why,
             len(below),
         )
-        for pid in below:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill(below)
         os._exit(1)  # stopped, but not cleanly
 
 
