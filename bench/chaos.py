@@ -1019,11 +1019,16 @@ def _run(config: Config, say: Callable[[str], None], started: float, logs: Path)
         say(f"drain: faults off, up to {config.drain_seconds:.0f} s")
         deadline = drain_started + config.drain_seconds
         state = settle_state(published, deadline_in=config.drain_seconds)
+        settled: dict[str, Any] | None = None  # the first settled state of a quiet spell
         while time.monotonic() < deadline:
             state = settle_state(published, deadline_in=deadline - time.monotonic())
             owner_idle = time.monotonic() - owner.last_action > 3
-            if not state["in_progress"] and owner_idle:
-                break
+            if state["in_progress"] or not owner_idle:
+                settled = None
+            elif settled is None or settled["leased"] != state["leased"]:
+                settled = {**state, "at": time.monotonic()}
+            elif time.monotonic() - settled["at"] >= 15:
+                break  # settled for 15 s, longer than any task, the same leases held
             time.sleep(1)
         drain_seconds = time.monotonic() - drain_started
         for actor in actors[:2]:
@@ -1111,8 +1116,15 @@ def settle_state(published: list[str], *, deadline_in: float) -> dict[str, Any]:
     in_progress = sum(
         1 for post in published if post not in rows or explain(rows[post], now, deadline) is None
     )
+    # Rows held by a lease: a killed worker's, or a live worker's still at work (a draft
+    # lease of minutes outlives a deadline a minute away). Only the first kind stays put.
+    leased = frozenset(
+        (t.id, t.status, t.lease_until)
+        for t in rows.values()
+        if explain(t, now, deadline) == "lease"
+    )
     connection.close()
-    return {"in_progress": in_progress}
+    return {"in_progress": in_progress, "leased": leased}
 
 
 def hourly_full(tweet: Any, claims: list[datetime], rows: Any, cap: int, now: datetime) -> bool:
