@@ -627,6 +627,31 @@ class Owner:
         now = time.monotonic()
         messages = telegram.bot_messages()
         by_id = {m["message_id"]: m for m in messages}
+        # First the edit question, answered with the owner's text: before any button, as
+        # an Edit pressed again in the same breath makes a newer question and the bot then
+        # refuses the answer. The newest one, as a person answers the question at the
+        # bottom of the chat (the bot takes an answer only to the newest it asked).
+        for message in reversed(messages):
+            if not message["text"].startswith("✏️ Send the new reply"):
+                continue
+            if message["message_id"] in self.answered_prompts:
+                continue
+            asked_about = (message.get("reply_to_message") or {}).get("message_id")
+            original = by_id.get(asked_about)
+            found = re.search(r"/status/(\d+)", (original or {}).get("text", ""))
+            if found is None:
+                continue
+            plan = self.plan_for(found.group(1))
+            if plan.action != "edit" or plan.stage != "edit_pressed":
+                continue
+            self.edits += 1
+            rng = random.Random(f"{self.seed}:edit:{found.group(1)}")
+            plan.text = f"Edited by the owner ({self.edits}): " + " ".join(rng.sample(WORDS, 6))
+            telegram.send_user_message(plan.text, reply_to_message_id=message["message_id"])
+            self.answered_prompts.add(message["message_id"])
+            plan.stage = "edit_sent"
+            plan.acted_at = now  # the 45 s before pressing Edit again count from here
+            self.last_action = now
         for message in messages:
             buttons = {}
             for row in (message.get("reply_markup") or {}).get("inline_keyboard") or []:
@@ -660,30 +685,6 @@ class Owner:
             if act in buttons:
                 plan.query = self.press(message, buttons[act][0], label)
                 plan.acted_at, plan.version = now, version
-        # The edit question, answered with the owner's text: the newest one, as a person
-        # answers the question at the bottom of the chat (the bot takes an answer only to
-        # the newest question it asked about a draft).
-        for message in reversed(messages):
-            if not message["text"].startswith("✏️ Send the new reply"):
-                continue
-            if message["message_id"] in self.answered_prompts:
-                continue
-            asked_about = (message.get("reply_to_message") or {}).get("message_id")
-            original = by_id.get(asked_about)
-            found = re.search(r"/status/(\d+)", (original or {}).get("text", ""))
-            if found is None:
-                continue
-            plan = self.plan_for(found.group(1))
-            if plan.action != "edit" or plan.stage != "edit_pressed":
-                continue
-            self.edits += 1
-            rng = random.Random(f"{self.seed}:edit:{found.group(1)}")
-            plan.text = f"Edited by the owner ({self.edits}): " + " ".join(rng.sample(WORDS, 6))
-            telegram.send_user_message(plan.text, reply_to_message_id=message["message_id"])
-            self.answered_prompts.add(message["message_id"])
-            plan.stage = "edit_sent"
-            plan.acted_at = now  # the 45 s before pressing Edit again count from here
-            self.last_action = now
         return 0.3
 
     def _decide(
