@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -169,13 +170,23 @@ class App:
         return json_response({"error": f"unknown control action {action!r}"}, 404)
 
 
+class _Quiet(ThreadingHTTPServer):
+    """A client that hangs up mid-answer (a timeout, a killed worker, a cut fault) is
+    part of the game, not a traceback in the log."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class Server:
     """Runs an ``App`` on a loopback port in a daemon thread."""
 
     def __init__(self, app: App, host: str = "127.0.0.1", port: int = 0) -> None:
         self.app = app
         self._stopping = threading.Event()
-        self.httpd = ThreadingHTTPServer((host, port), _make_handler(app, self._stopping))
+        self.httpd = _Quiet((host, port), _make_handler(app, self._stopping))
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
