@@ -416,6 +416,28 @@ def test_an_update_that_fails_is_marked_and_the_next_one_is_still_handled(pipeli
     assert publishing_paused()
 
 
+def test_a_press_telegram_fails_to_answer_is_handled_again_not_lost(pipeline):
+    post_id = drafted(pipeline)
+    message = message_for(pipeline, post_id)
+    # The Edit press arrives, and Telegram fails the question the bot asks back.
+    pipeline.telegram.faults.add("sendMessage", "error", status=502, times=1)
+    tap(pipeline, message, "Edit")
+    waiting = TelegramUpdate.objects.get()
+    assert waiting.handled_at is None, "a Telegram failure never loses the owner's press"
+    assert not any(t.startswith("✏️ Send the new reply") for t in bot_texts(pipeline))
+
+    with time_machine.travel(timezone.now() + timedelta(seconds=30)):
+        phone_pass()
+    waiting.refresh_from_db()
+    assert waiting.handled_at is not None
+    assert waiting.error == ""
+    prompt = pipeline.telegram.bot_messages()[-1]
+    assert prompt["text"].startswith("✏️ Send the new reply to @alice")
+    pipeline.telegram.send_user_message("Mine, by hand.", reply_to_message_id=prompt["message_id"])
+    phone_pass()
+    assert discovered(post_id).draft == "Mine, by hand."
+
+
 # --- Telegram down, pacing --------------------------------------------------------------------
 
 

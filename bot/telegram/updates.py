@@ -38,6 +38,7 @@ from bot.telegram.buttons import Act, Press, parse
 from bot.telegram.render import FINAL, render
 from bot.text import clean_text
 from resilience import ServiceError
+from resilience.errors import ErrorKind
 
 __all__ = ["Sender", "handle", "handle_received", "receive"]
 
@@ -46,6 +47,10 @@ security = logging.getLogger("replyguy.security")
 
 HANDLE_LEASE = timedelta(minutes=2)
 MAX_UPDATE_ID = 2**63  # a BIGINT; Telegram's ids are far below
+# An update Telegram's own failure stopped (a 502 on the Edit question, say) is tried
+# again this often, for this long; then it is marked with its error.
+RETRY_AFTER = timedelta(seconds=20)
+RETRY_FOR = timedelta(minutes=10)
 KEEP_HANDLED = timedelta(days=2)  # Telegram redelivers for a day at most
 TOAST_LIMIT = 200  # characters Telegram shows in a button's answer
 
@@ -119,6 +124,17 @@ def handle_received(client: TelegramClient, *, limit: int = 50) -> int:
         error = ""
         try:
             handle(client, update.payload)
+        except ServiceError as exc:
+            if exc.kind is ErrorKind.TRANSIENT and update.received_at > now - RETRY_FOR:
+                # Telegram failed us, not the owner: a press or answer is handled again
+                # (each one is safe twice) instead of lost.
+                log.warning("telegram: update %s waits (%s); tried again", update.update_id, exc)
+                TelegramUpdate.objects.filter(id=update.id, claimed_until=claim).update(
+                    claimed_until=timezone.now() + RETRY_AFTER
+                )
+                continue
+            log.exception("telegram: update %s could not be handled", update.update_id)
+            error = f"{type(exc).__name__}: {exc}"[:500]
         except Exception as exc:
             log.exception("telegram: update %s could not be handled", update.update_id)
             error = f"{type(exc).__name__}: {exc}"[:500]
