@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-__all__ = ["SERVICE_NAMES", "simulated", "simulated_names"]
+__all__ = ["SERVICE_NAMES", "listed", "simulated", "simulated_names"]
 
 SERVICE_NAMES = {"x": "X", "llm": "the model", "telegram": "Telegram"}
 
@@ -37,3 +37,8 @@ def simulated(service: str) -> bool:
 def simulated_names() -> list[str]:
     """``["X", "the model", "Telegram"]``, or the part of it the sandbox stands in for."""
     return [name for service, name in SERVICE_NAMES.items() if simulated(service)]
+
+
+def listed(names: list[str]) -> str:
+    """``X, the model and Telegram``: names as a sentence lists them."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bot.simulated import listed
 from replyguy.localenv import (
     BASE_DIR,
     EnvFileError,
@@ -219,7 +220,7 @@ class Launch:
             if all(_env(name) in ("", DEFAULT_PACING[name]) for name in SANDBOX_PACING):
                 added.update(SANDBOX_PACING)
                 self.quick_pacing = True
-            names = _and([SIMULATED_BY[key][1] for key in simulated])
+            names = listed([SIMULATED_BY[key][1] for key in simulated])
             self.say("simulated", f"{names}: the local sandbox ({_why(simulated)})")
             self.say("sandbox X", f"{urls['x']}/_sandbox/state (our account: @{OUR_USERNAME})")
             if "telegram" in simulated:
@@ -467,10 +468,6 @@ def _die_with_parent() -> None:
     """Linux: the child gets SIGTERM if this launcher dies without stopping it."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _and(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _why(simulated: list[str]) -> str:

@@ -361,11 +361,8 @@ def test_make_run_explains_itself_and_stops_every_child_within_seconds(tmp_path,
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_worker_stuck_in_a_task_is_killed_after_the_grace_period(tmp_path, sandbox):
-    from django_q.tasks import async_task
-
-    env = worker_env(sandbox, Q_STOP_GRACE_SECONDS="2", LOG_LEVEL="WARNING")
+def start_cluster(env: dict[str, str]) -> tuple[subprocess.Popen, Output]:
+    """A real `manage.py qcluster` on this test's database, its output read aside."""
     cluster = subprocess.Popen(
         [sys.executable, "manage.py", "qcluster"],
         cwd=ROOT,
@@ -374,7 +371,27 @@ def test_a_worker_stuck_in_a_task_is_killed_after_the_grace_period(tmp_path, san
         stderr=subprocess.STDOUT,
         text=True,
     )
-    output = Output(cluster)
+    return cluster, Output(cluster)
+
+
+def stop_cluster(cluster: subprocess.Popen) -> None:
+    """Whatever the test left running, stopped: SIGTERM, then SIGKILL to all of it."""
+    if cluster.poll() is None:
+        cluster.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            cluster.wait(30)
+    for pid in descendants(cluster.pid):
+        os.kill(pid, signal.SIGKILL)
+    if cluster.poll() is None:
+        cluster.kill()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_stuck_in_a_task_is_killed_after_the_grace_period(tmp_path, sandbox):
+    from django_q.tasks import async_task
+
+    env = worker_env(sandbox, Q_STOP_GRACE_SECONDS="2", LOG_LEVEL="WARNING")
+    cluster, output = start_cluster(env)
     marker = tmp_path / "started"
     try:
         async_task("tests.helpers.hang", str(marker), 600)
@@ -392,10 +409,7 @@ def test_a_worker_stuck_in_a_task_is_killed_after_the_grace_period(tmp_path, san
         assert "running tasks get 2 s to finish" in output.text
         assert "still running 2 s after the stop: killing its" in output.text
     finally:
-        if cluster.poll() is None:
-            cluster.kill()
-        for pid in descendants(cluster.pid):
-            os.kill(pid, signal.SIGKILL)
+        stop_cluster(cluster)
 
 
 def test_the_sandbox_models_drafts_say_they_are_placeholders():
@@ -428,15 +442,7 @@ def test_a_cluster_whose_workers_are_stuck_is_restarted_in_place(tmp_path, sandb
         Q_STUCK_SECONDS="40",
         LOG_LEVEL="WARNING",
     )
-    cluster = subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = Output(cluster)
+    cluster, output = start_cluster(env)
     first, second = tmp_path / "first", tmp_path / "second"
     try:
         async_task("tests.helpers.hang", str(first), 0)
@@ -455,14 +461,7 @@ def test_a_cluster_whose_workers_are_stuck_is_restarted_in_place(tmp_path, sandb
         assert "the cluster is stuck: tasks have waited" in output.text
         assert cluster.poll() is None, "started again in place, same process"
     finally:
-        if cluster.poll() is None:
-            cluster.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                cluster.wait(30)
-        for pid in descendants(cluster.pid):
-            os.kill(pid, signal.SIGKILL)
-        if cluster.poll() is None:
-            cluster.kill()
+        stop_cluster(cluster)
 
 
 @pytest.mark.parametrize(

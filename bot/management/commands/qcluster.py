@@ -26,7 +26,7 @@ from django.conf import settings
 from django_q.management.commands.qcluster import Command as QClusterCommand
 
 from bot.pacing import Pacing
-from bot.simulated import simulated_names
+from bot.simulated import listed, simulated_names
 
 log = logging.getLogger("replyguy.worker")
 
@@ -62,7 +62,7 @@ def say_how_it_runs(logger: logging.Logger) -> None:
     if names:
         logger.warning(
             "simulated: %s %s the local sandbox; nothing reaches the real service%s",
-            " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names),
+            listed(names),
             "is" if len(names) == 1 else "are",
             "" if len(names) == 1 else "s",
         )
