@@ -59,6 +59,7 @@ POSTS_PER_AUTHOR = 3
 TIMELINE_LAG = 3.0  # seconds the sandbox X's timelines trail writes
 ALERT_COOLDOWN_MINUTES = 1
 AUTHOR_CAP = 2
+UNANSWERED_FOR = 120.0  # seconds before the owner gives up on a press the bot never took
 WORKERS = 2
 # How often this run queues each stage (seconds); the schedules' own are 1-5 minutes.
 TRIGGERS = {
@@ -570,6 +571,7 @@ class Plan:
     version: int = 0
     text: str = ""
     query: str = ""  # the callback query of the last press
+    sent: int = 0  # the update id of the last text the owner sent (an edit)
 
 
 class Owner:
@@ -613,11 +615,28 @@ class Owner:
         self.last_action = time.monotonic()
         return query
 
-    def unanswered(self, plan: Plan) -> bool:
-        """Whether the bot has not yet answered the last press (the phone's spinner)."""
+    def came_to_nothing(self, plan: Plan, now: float) -> bool:
+        """Whether the owner's last word will not take effect, so a person presses again:
+        the bot handled it and failed (a press left unanswered, a text with an error), or
+        nothing came of it for ``UNANSWERED_FOR``. An answered press is done; one the bot
+        has not handled yet waits its turn (the poller behind, or Telegram failing and
+        the update tried again)."""
+        from bot.models import TelegramUpdate
+
+        if plan.stage == "edit_sent":  # the owner's text, not the press, was the last word
+            update = TelegramUpdate.objects.filter(update_id=plan.sent).first()
+            if update is None or update.handled_at is None:
+                return now - plan.acted_at >= UNANSWERED_FOR
+            return bool(update.error)
         with self.sandbox.telegram.lock:
             query = self.sandbox.telegram.callback_queries.get(plan.query)
-            return query is not None and not query["answered"]
+            if query is None or query["answered"]:
+                return False
+        if now - plan.acted_at >= UNANSWERED_FOR:
+            return True
+        return TelegramUpdate.objects.filter(
+            payload__callback_query__id=plan.query, handled_at__isnull=False
+        ).exists()
 
     def step(self) -> float:
         from bot.telegram.buttons import Act, parse
@@ -647,7 +666,9 @@ class Owner:
             self.edits += 1
             rng = random.Random(f"{self.seed}:edit:{found.group(1)}")
             plan.text = f"Edited by the owner ({self.edits}): " + " ".join(rng.sample(WORDS, 6))
-            telegram.send_user_message(plan.text, reply_to_message_id=message["message_id"])
+            plan.sent = telegram.send_user_message(
+                plan.text, reply_to_message_id=message["message_id"]
+            )
             self.answered_prompts.add(message["message_id"])
             plan.stage = "edit_sent"
             plan.acted_at = now  # the 45 s before pressing Edit again count from here
@@ -667,16 +688,13 @@ class Owner:
             post_id = found.group(1)
             plan = self.plan_for(post_id)
             version = buttons[Act.APPROVE][1].version
-            # A press that changed nothing yet (Telegram failing, the poller cut off):
-            # the owner presses again after a while, as people do.
-            # An edit waits longer: a second Edit makes a new question, and the bot takes
-            # an answer only to the newest one.
+            # The same draft again: press again only once the last press came to nothing,
+            # and after a while. An edit waits longer: a second Edit makes a new question,
+            # and the bot takes an answer only to the newest one.
             patience = 45 if plan.action == "edit" else 8
-            if plan.version == version and now - plan.acted_at < patience:
-                continue
-            # Nor while the last press is still unanswered (the poller is behind): pressing
-            # again then only lengthens its queue. After a minute, though, the owner does.
-            if plan.version == version and now - plan.acted_at < 60 and self.unanswered(plan):
+            if plan.version == version and (
+                now - plan.acted_at < patience or not self.came_to_nothing(plan, now)
+            ):
                 continue
             step = self._decide(plan, version, post_id, now, OUR_USERNAME)
             if step is None:
@@ -696,19 +714,16 @@ class Owner:
             self.done["reject"] += plan.stage == "new"
             plan.stage = "done"
             return Act.REJECT, "reject"
-        if plan.action == "regenerate" and plan.stage == "new":
+        if plan.action == "regenerate" and (plan.stage == "new" or version == plan.version):
+            # First, or again when the last press came to nothing (the old draft still).
             plan.stage = "regenerated"
             return Act.REGENERATE, "regenerate"
-        if plan.action == "regenerate" and plan.stage == "regenerated" and version == plan.version:
-            return None  # still the old draft: the new one is on its way
         if plan.action == "edit" and plan.stage in ("new", "edit_pressed"):
             # Pressed, but the question never came (Telegram failed): press again.
             plan.stage = "edit_pressed"
             return Act.EDIT, "edit"
         if plan.action == "edit" and plan.stage == "edit_sent" and version == plan.version:
-            if now - plan.acted_at < 45:
-                return None  # our text is on its way to a new message
-            plan.stage = "edit_pressed"
+            plan.stage = "edit_pressed"  # the text came to nothing: ask again
             return Act.EDIT, "edit"
         if plan.action == "by_hand" and plan.stage == "new":
             rng = random.Random(f"{self.seed}:hand:{post_id}")
@@ -1139,6 +1154,36 @@ def hourly_full(tweet: Any, claims: list[datetime], rows: Any, cap: int, now: da
     return len(claims) + waiting >= cap
 
 
+def post_mortem(post: str, rows: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """What a lost post's row says, and its author's other rows: enough to tell a rule
+    the harness does not know from a reply the pipeline dropped."""
+    tweet = rows.get(post)
+    if tweet is None:
+        return {"post": post, "status": "never queued"}
+
+    def seen(t: Any) -> dict[str, Any]:
+        return {
+            "id": t.id,
+            "status": t.status,
+            "scheduled_in_s": round((t.scheduled_at - now).total_seconds())
+            if t.scheduled_at
+            else None,
+            "next_attempt_in_s": round((t.next_attempt_at - now).total_seconds())
+            if t.next_attempt_at
+            else None,
+            "claimed_at": t.claimed_at.isoformat() if t.claimed_at else None,
+            "attempts": t.attempts,
+            "last_error": t.last_error[:100],
+        }
+
+    return {
+        "post": post,
+        **seen(tweet),
+        "author": tweet.author_id,
+        "author_rows": [seen(t) for t in rows.values() if t.author_id == tweet.author_id],
+    }
+
+
 def sliding_max(times: list[float], window: float) -> int:
     times = sorted(times)
     best, start = 0, 0
@@ -1154,6 +1199,7 @@ DEAD_LETTER_CAUSES = (
     ("draft", "too long", "invalid model output (overlong), three drafts in a row"),
     ("draft", "empty", "invalid model output (empty), three drafts in a row"),
     ("draft", "cut off", "invalid model output (cut off), three drafts in a row"),
+    ("draft", "truncated", "the model stopped at its output limit, three drafts in a row"),
     ("draft", "duplicate", "X refused the text as a duplicate: redraft needed"),
     # The stand-in model writes from a few templates, so drafts come close to our replies.
     ("draft", "too close to a reply we already posted", "a draft too close to ours, 3 times"),
@@ -1235,10 +1281,11 @@ def check(
             explanations[f"{tweet.status}, lease of a killed worker"] += 1
             continue
         # Held: which rule holds it, as the claim judged it.
-        if tweet.scheduled_at >= quiet_ends_at - timedelta(seconds=5):
-            rule = "quiet hours"
-        elif per_author[tweet.author_id] >= AUTHOR_CAP:
+        # The author cap first: it moves a reply by a day, past quiet hours' end too.
+        if per_author[tweet.author_id] >= AUTHOR_CAP:
             rule = "author cap"
+        elif tweet.scheduled_at >= quiet_ends_at - timedelta(seconds=5):
+            rule = "quiet hours"
         elif hourly_full(tweet, claims, list(rows.values()), config.hourly_cap, now):
             rule = "hourly cap"
         elif tweet.last_error:
@@ -1374,15 +1421,7 @@ def check(
     }
     details = {
         "duplicates": duplicates[:20],
-        "lost": [
-            f"{post}: {rows[post].status if post in rows else 'never queued'}"
-            + (
-                f" ({rows[post].last_error[:100]})"
-                if post in rows and rows[post].last_error
-                else ""
-            )
-            for post in lost[:20]
-        ],
+        "lost": [post_mortem(post, rows, now) for post in lost[:20]],
         "text_differs": text_differs[:20],
         "unapproved": unapproved[:20],
         "in_quiet_hours": in_quiet[:20],

@@ -135,6 +135,37 @@ def test_unknown_outcome_not_on_our_timeline_is_sent_again_once(pipeline):
     assert len(pipeline.x.replies_to(post_id)) == 1
 
 
+def test_a_claim_given_up_frees_the_author_cap_it_filled(pipeline, settings):
+    """A reply the author cap moved by a day, because of a claim that then turned out to
+    have sent nothing, goes out now; the cap still holds for the one that follows."""
+    settings.MAX_REPLIES_PER_AUTHOR_PER_DAY = 1
+    first, second = summon(pipeline, "one?", "bob"), summon(pipeline, "two?", "bob")
+    run_pipeline()
+    approved(first)
+    pipeline.x.faults.add("create_tweet", "cut_before", times=1)
+    run_pipeline()
+    assert discovered(first).status == Status.UNKNOWN  # its claim fills bob's cap
+    approved(second)
+    run_pipeline()
+    held = discovered(second)
+    assert held.status == Status.APPROVED
+    assert held.scheduled_at > timezone.now() + timedelta(hours=23)
+
+    with time_machine.travel(timezone.now() + timedelta(minutes=LEASE_PASSED)):
+        run_pipeline()  # reconcile: the first is not on X, its claim is given up
+        assert discovered(first).status == Status.APPROVED
+        assert discovered(second).scheduled_at <= timezone.now()
+        run_pipeline()
+        assert discovered(second).status == Status.POSTED
+    with time_machine.travel(timezone.now() + timedelta(minutes=LEASE_PASSED + 3)):
+        run_pipeline()
+        again = discovered(first)
+        assert again.status == Status.APPROVED  # now the cap holds it, for a day
+        assert again.scheduled_at > timezone.now() + timedelta(hours=23)
+    assert pipeline.x.replies_to(first) == []
+    assert len(pipeline.x.replies_to(second)) == 1
+
+
 def test_posts_the_author_did_not_summon_are_handed_off_without_calling_x(pipeline):
     post_id = pipeline.x.publish("alice", "Django 5.2 composite keys are lovely")
     run_pipeline()

@@ -18,7 +18,15 @@ from bot.pacing import Hold, Pacing, Rule, allowed_at
 from bot.selectors import author_cap, published_times, publishing_paused, through_api
 from resilience.events import event
 
-__all__ = ["Timing", "Wait", "Why", "next_reply_out", "reply_schedule", "reply_timing"]
+__all__ = [
+    "Timing",
+    "Wait",
+    "Why",
+    "next_reply_out",
+    "repace_held",
+    "reply_schedule",
+    "reply_timing",
+]
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +156,10 @@ def reply_timing(tweet: QueuedTweet, *, now: datetime | None = None) -> Timing |
     mine = published_times(now, author_id=tweet.author_id)
     cap = author_cap(tweet)
     if scheduled > now:
-        planned = list(
-            QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=False)
-            .exclude(id=tweet.id)
-            .order_by()
-            .values_list("scheduled_at", flat=True)
-        )
-        pinned = allowed_at(scheduled - _JUST_BEFORE, pacing, planned + published, mine, cap)
-        if pinned.holds and pinned.at >= scheduled:
-            waits.extend(_words(hold, pacing, tweet, now) for hold in pinned.holds)
-        elif tweet.attempts or tweet.sent_at or tweet.last_error:
+        pinned = _pinned(tweet, pacing, published, mine, cap)
+        if pinned:
+            waits.extend(_words(hold, pacing, tweet, now) for hold in pinned)
+        elif _retried(tweet):
             waits.append(Wait(Why.TRY_AGAIN, scheduled, f"another try at {clock(scheduled, now)}"))
         else:
             words = f"random delay until {clock(scheduled, now)}"
@@ -174,6 +176,59 @@ def reply_timing(tweet: QueuedTweet, *, now: datetime | None = None) -> Timing |
         waits.extend(_words(hold, pacing, tweet, now) for hold in live.holds)
         at = live.at
     return Timing(at, tuple(waits), api, paused)
+
+
+def repace_held(author_id: str, *, now: datetime | None = None) -> int:
+    """Replies to this author that a rule gave a later time, where no rule holds them
+    any more, get a fresh time by the rules; returns how many.
+
+    Called when a claim is given up (nothing went out): it counted against the caps,
+    and a reply the author cap moved by a day would otherwise wait that day for nothing.
+    """
+    now = now or timezone.now()
+    pacing = Pacing.from_settings()
+    published = published_times(now)
+    mine = published_times(now, author_id=author_id)
+    moved = 0
+    held = QueuedTweet.objects.filter(
+        status=Status.APPROVED, author_id=author_id, scheduled_at__gt=now
+    ).order_by("scheduled_at")
+    for tweet in held:
+        if _retried(tweet) or tweet.scheduled_at <= (tweet.approved_at or now) + pacing.max_delay:
+            continue  # a retry's wait, or the random delay: no rule set this time
+        if _pinned(tweet, pacing, published, mine, author_cap(tweet)):
+            continue
+        if QueuedTweet.objects.filter(
+            id=tweet.id, status=Status.APPROVED, scheduled_at=tweet.scheduled_at
+        ).update(scheduled_at=None, updated_at=now):
+            tweet.scheduled_at = None
+            moved += reply_schedule(tweet, now=now) is not None
+    return moved
+
+
+def _pinned(
+    tweet: QueuedTweet,
+    pacing: Pacing,
+    published: list[datetime],
+    mine: list[datetime],
+    cap: int,
+) -> tuple[Hold, ...]:
+    """The rules that hold ``tweet`` at its time now; () if none does (a random delay, a
+    retry's wait, or a rule that no longer holds)."""
+    assert tweet.scheduled_at is not None
+    planned = list(
+        QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=False)
+        .exclude(id=tweet.id)
+        .order_by()
+        .values_list("scheduled_at", flat=True)
+    )
+    pinned = allowed_at(tweet.scheduled_at - _JUST_BEFORE, pacing, planned + published, mine, cap)
+    return pinned.holds if pinned.holds and pinned.at >= tweet.scheduled_at else ()
+
+
+def _retried(tweet: QueuedTweet) -> bool:
+    """Whether ``tweet`` has been tried already: its time is then a retry's."""
+    return bool(tweet.attempts or tweet.sent_at or tweet.last_error)
 
 
 def next_reply_out(*, now: datetime | None = None) -> tuple[QueuedTweet, Timing] | None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
 
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from bot.models import Channel, Decision, OurReply, QueuedTweet, Status
+from bot.services.scheduling import repace_held
 
 __all__ = [
     "NO_ERROR",
@@ -22,10 +25,15 @@ __all__ = [
     "transition",
 ]
 
+log = logging.getLogger(__name__)
+
 # A tweet in one of these is done with; its dead-letter row, if any, is resolved.
 SETTLED = [Status.POSTED, Status.REJECTED, Status.SKIPPED, Status.EXPIRED, Status.HANDOFF]
-# A reply that did not go out gives up its claim: it no longer counts against the caps.
+# A reply that did not go out gives up its claim: it no longer counts against the caps
+# (``transition`` then gives replies it held their time again).
 UNCLAIMED = {"lease_until": None, "publish_request_id": None, "claimed_at": None}
+# Statuses a claim is held in.
+CLAIMING = {Status.PUBLISHING, Status.UNKNOWN}
 NO_ERROR = {"last_error": "", "last_error_kind": "", "last_error_reason": ""}
 
 
@@ -57,7 +65,23 @@ def transition(
         rows = rows.filter(draft_version=version)
     if lease is not None:
         rows = rows.filter(lease_until=lease)
-    return rows.update(status=to, updated_at=timezone.now(), **fields) == 1
+    moved = rows.update(status=to, updated_at=timezone.now(), **fields) == 1
+    if moved and "claimed_at" in fields and fields["claimed_at"] is None and CLAIMING & {*statuses}:
+        _claim_given_up(tweet_id)
+    return moved
+
+
+def _claim_given_up(tweet_id: int) -> None:
+    """A claim given up no longer fills the caps: replies to the same author that it
+    held get their time again. A failure here never undoes the move itself."""
+    author_id = QueuedTweet.objects.filter(id=tweet_id).values_list("author_id", flat=True).first()
+    if not author_id:
+        return
+    try:
+        with transaction.atomic():
+            repace_held(author_id)
+    except Exception:
+        log.exception("pacing: replies to author %s keep their time; next release", author_id)
 
 
 def posted_fields(reply_id: str, now: datetime, claimed_at: datetime | None) -> dict[str, object]:
