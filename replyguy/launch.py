@@ -39,6 +39,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bot.simulated import listed
+from replyguy.defaults import PACING_DEFAULTS
 from replyguy.localenv import (
     BASE_DIR,
     EnvFileError,
@@ -59,28 +60,9 @@ SIMULATED_BY = {
     "openai": ("OPENAI_API_KEY", "the model"),
     "telegram": ("TELEGRAM_BOT_TOKEN", "Telegram"),
 }
-SANDBOX_SETTINGS = {
-    "x": (
-        "X_API_BASE_URL",
-        "X_API_KEY",
-        "X_API_SECRET",
-        "X_ACCESS_TOKEN",
-        "X_ACCESS_TOKEN_SECRET",
-        "X_BEARER_TOKEN",
-    ),
-    "openai": ("OPENAI_BASE_URL", "OPENAI_API_KEY", "AI_MODEL"),
-    "telegram": ("TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID", "TELEGRAM_API_BASE_URL"),
-}
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 # A first run should see its approval go out, not wait half an hour or until 07:00.
-# The defaults (.env.example spells them out): set to these, pacing counts as unset.
-DEFAULT_PACING = {
-    "MIN_DELAY_MINUTES": "5",
-    "MAX_DELAY_MINUTES": "30",
-    "MIN_SPACING_MINUTES": "3",
-    "QUIET_HOURS_START": "23",
-    "QUIET_HOURS_END": "7",
-}
+# Pacing set to the defaults (.env.example spells them out) counts as unset.
 SANDBOX_PACING = {
     "MIN_DELAY_MINUTES": "0",
     "MAX_DELAY_MINUTES": "1",
@@ -204,9 +186,9 @@ class Launch:
         if simulated:
             self.sandbox = self.sandbox_ports_free()
             urls = {name: f"http://{SANDBOX_HOST}:{port}" for name, port in self.sandbox.items()}
-            sandbox_env = Sandbox.env_for(**urls)
+            sandbox_env = Sandbox.env_by_service(**urls)
             for key in simulated:
-                added.update({name: sandbox_env[name] for name in SANDBOX_SETTINGS[key]})
+                added.update(sandbox_env[key])
             if _env("DATABASE_URL"):
                 raise Stop(
                     "the sandbox does not use DATABASE_URL: its drafts name the sandbox's "
@@ -217,7 +199,7 @@ class Launch:
             # Never the database a real X account will use: its rows name sandbox posts.
             folder = local_path(dotenv).parent
             added["DATABASE_URL"] = f"sqlite:///{folder / 'sandbox.sqlite3'}"
-            if all(_env(name) in ("", DEFAULT_PACING[name]) for name in SANDBOX_PACING):
+            if all(_env(name) in ("", str(PACING_DEFAULTS[name])) for name in SANDBOX_PACING):
                 added.update(SANDBOX_PACING)
                 self.quick_pacing = True
             names = listed([SIMULATED_BY[key][1] for key in simulated])

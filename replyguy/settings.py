@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from replyguy.defaults import PACING_DEFAULTS
 from replyguy.env import env_bool, env_choice, env_float, env_int, env_int_list, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -267,17 +268,24 @@ ALERT_NOTIFIER = env_str("ALERT_NOTIFIER", "bot.telegram.outbox.send_alert")
 
 # --- Pipeline pacing --------------------------------------------------------------------
 REPLY_MODE = env_choice("REPLY_MODE", "auto", ["auto", "api", "handoff"])
-MIN_DELAY_MINUTES = env_int("MIN_DELAY_MINUTES", 5, minimum=0)
-MAX_DELAY_MINUTES = env_int("MAX_DELAY_MINUTES", 30, minimum=0)
+
+MIN_DELAY_MINUTES = env_int("MIN_DELAY_MINUTES", PACING_DEFAULTS["MIN_DELAY_MINUTES"], minimum=0)
+MAX_DELAY_MINUTES = env_int("MAX_DELAY_MINUTES", PACING_DEFAULTS["MAX_DELAY_MINUTES"], minimum=0)
 if MAX_DELAY_MINUTES < MIN_DELAY_MINUTES:
     raise ImproperlyConfigured("MAX_DELAY_MINUTES must be at least MIN_DELAY_MINUTES")
-QUIET_HOURS_START = env_int("QUIET_HOURS_START", 23, minimum=0, maximum=23)
-QUIET_HOURS_END = env_int("QUIET_HOURS_END", 7, minimum=0, maximum=23)
+QUIET_HOURS_START = env_int(
+    "QUIET_HOURS_START", PACING_DEFAULTS["QUIET_HOURS_START"], minimum=0, maximum=23
+)
+QUIET_HOURS_END = env_int(
+    "QUIET_HOURS_END", PACING_DEFAULTS["QUIET_HOURS_END"], minimum=0, maximum=23
+)
 # X takes at most 100 posts per 15 minutes from a user; an hourly cap above that would
 # leave X's 429 as the only brake.
 MAX_POSTS_PER_HOUR = env_int("MAX_POSTS_PER_HOUR", 4, minimum=1, maximum=100)
 MAX_POSTS_PER_DAY = env_int("MAX_POSTS_PER_DAY", 20, minimum=1)
-MIN_SPACING_MINUTES = env_int("MIN_SPACING_MINUTES", 3, minimum=0)
+MIN_SPACING_MINUTES = env_int(
+    "MIN_SPACING_MINUTES", PACING_DEFAULTS["MIN_SPACING_MINUTES"], minimum=0
+)
 MAX_REPLIES_PER_AUTHOR_PER_DAY = env_int("MAX_REPLIES_PER_AUTHOR_PER_DAY", 1, minimum=1)
 PUBLISHING_PAUSED = env_bool("PUBLISHING_PAUSED", False)
 # X bills every call (docs/operations.md has the prices). Unset: no limit. When today's

@@ -66,27 +66,43 @@ class Sandbox:
             **urls, telegram_token=self.telegram.token, chat_id=self.telegram.owner_chat_id
         )
 
+    @classmethod
+    def env_for(cls, **urls: Any) -> dict[str, str]:
+        """The same settings for stand-ins at these base URLs, without starting any."""
+        return {
+            name: value
+            for service in cls.env_by_service(**urls).values()
+            for name, value in service.items()
+        }
+
     @staticmethod
-    def env_for(
+    def env_by_service(
         *,
         x: str,
         openai: str,
         telegram: str,
         telegram_token: str = TelegramApp.DEFAULT_TOKEN,
         chat_id: int = TelegramApp.OWNER_ID,
-    ) -> dict[str, str]:
-        """The same settings for stand-ins at these base URLs, without starting any."""
+    ) -> dict[str, dict[str, str]]:
+        """``env_for``, by stand-in (``x``, ``openai``, ``telegram``): what pointing one
+        service at its stand-in sets."""
         return {
-            "X_API_BASE_URL": x,
-            "X_API_KEY": SANDBOX_CREDENTIALS["consumer_key"],
-            "X_API_SECRET": SANDBOX_CREDENTIALS["consumer_secret"],
-            "X_ACCESS_TOKEN": SANDBOX_CREDENTIALS["access_token"],
-            "X_ACCESS_TOKEN_SECRET": SANDBOX_CREDENTIALS["access_token_secret"],
-            "X_BEARER_TOKEN": SANDBOX_CREDENTIALS["bearer_token"],
-            "OPENAI_BASE_URL": openai + "/v1",
-            "OPENAI_API_KEY": SANDBOX_OPENAI_KEY,
-            "AI_MODEL": "sandbox-model",
-            "TELEGRAM_BOT_TOKEN": telegram_token,
-            "TELEGRAM_CHAT_ID": str(chat_id),
-            "TELEGRAM_API_BASE_URL": telegram,
+            "x": {
+                "X_API_BASE_URL": x,
+                "X_API_KEY": SANDBOX_CREDENTIALS["consumer_key"],
+                "X_API_SECRET": SANDBOX_CREDENTIALS["consumer_secret"],
+                "X_ACCESS_TOKEN": SANDBOX_CREDENTIALS["access_token"],
+                "X_ACCESS_TOKEN_SECRET": SANDBOX_CREDENTIALS["access_token_secret"],
+                "X_BEARER_TOKEN": SANDBOX_CREDENTIALS["bearer_token"],
+            },
+            "openai": {
+                "OPENAI_BASE_URL": openai + "/v1",
+                "OPENAI_API_KEY": SANDBOX_OPENAI_KEY,
+                "AI_MODEL": "sandbox-model",
+            },
+            "telegram": {
+                "TELEGRAM_BOT_TOKEN": telegram_token,
+                "TELEGRAM_CHAT_ID": str(chat_id),
+                "TELEGRAM_API_BASE_URL": telegram,
+            },
         }
