@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 from django.core.exceptions import ImproperlyConfigured
 
+from replyguy.localenv import setting
+
 __all__ = ["env_bool", "env_choice", "env_float", "env_int", "env_int_list", "env_list", "env_str"]
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -20,10 +22,7 @@ _FALSE = {"false", "0", "no", "off"}
 
 
 def _raw(name: str) -> str | None:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return None
-    return value.strip()
+    return setting(os.environ.get(name)) or None
 
 
 def _bad(name: str, value: str, expected: str) -> ImproperlyConfigured:

@@ -48,6 +48,7 @@ from replyguy.localenv import (
     local_ignored,
     local_path,
     read_env_file,
+    setting,
     write_env_file,
 )
 from sandbox.harness import OUR_USERNAME, Sandbox
@@ -410,7 +411,7 @@ def _routes(mode: str) -> str:
 
 
 def _env(name: str) -> str:
-    return os.environ.get(name, "").strip()
+    return setting(os.environ.get(name))
 
 
 def _database(url: str, default: Path) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "local_ignored",
     "local_path",
     "read_env_file",
+    "setting",
     "write_env_file",
 ]
 
@@ -101,12 +102,12 @@ def load_env_files() -> str | None:
         return None
     dotenv = read_env_file(dotenv_path())
     path = local_path(dotenv)
-    local = {k: v for k, v in read_env_file(path).items() if _set(v)}
+    local = {k: v for k, v in read_env_file(path).items() if setting(v)}
     ignored = local_ignored(local, dotenv) if local else None
     if ignored:
         local = {}
     for name, value in {**dotenv, **local}.items():
-        if not _set(os.environ.get(name)):
+        if not setting(os.environ.get(name)):
             os.environ[name] = value
     return f"{path} is ignored: {ignored}" if ignored else None
 
@@ -117,10 +118,10 @@ def local_ignored(
     """Why make run's settings must not apply here, or None. All or nothing: half of
     them (the sandbox's X with another database, say) would be worse than none."""
     for name in NOT_LOCAL:
-        if _set(environ.get(name)) or _set(dotenv.get(name)):
+        if setting(environ.get(name)) or setting(dotenv.get(name)):
             return f"{name} is set (not local mode)"
     for name, value in local.items():
-        if _set(environ.get(name)) and environ[name].strip() != value:
+        if setting(environ.get(name)) not in ("", value):
             return f"{name} in the environment differs from what make run used"
     return None
 
@@ -132,8 +133,10 @@ def write_env_file(path: Path, values: dict[str, str], header: str) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _set(value: str | None) -> bool:
-    return bool(value and value.strip())
+def setting(value: str | None) -> str:
+    """A variable's value as the project reads it: stripped, and "" when blank (an empty
+    variable counts as unset, in the environment and in the files alike)."""
+    return (value or "").strip()
 
 
 def _quoted(value: str) -> str:
