@@ -23,7 +23,7 @@ __all__ = [
     "Wait",
     "Why",
     "next_reply_out",
-    "repace_held",
+    "repace_after_release",
     "reply_schedule",
     "reply_timing",
 ]
@@ -178,31 +178,53 @@ def reply_timing(tweet: QueuedTweet, *, now: datetime | None = None) -> Timing |
     return Timing(at, tuple(waits), api, paused)
 
 
-def repace_held(author_id: str, *, now: datetime | None = None) -> int:
-    """Replies to this author that a rule gave a later time, where no rule holds them
-    any more, get a fresh time by the rules; returns how many.
+def repace_after_release(tweet_id: int, *, now: datetime | None = None) -> int:
+    """A claim given up (nothing went out) no longer fills the caps: replies to the same
+    author that wait past their random delay get the earliest time the rules now allow,
+    never a later one. Returns how many moved.
 
-    Called when a claim is given up (nothing went out): it counted against the caps,
-    and a reply the author cap moved by a day would otherwise wait that day for nothing.
+    Without this a reply the author cap moved by a day, for a claim that then sent
+    nothing, would wait that day for nothing (and expire).
     """
     now = now or timezone.now()
     pacing = Pacing.from_settings()
+    later = QueuedTweet.objects.filter(
+        status=Status.APPROVED,
+        scheduled_at__gt=now + pacing.min_delay,
+        author_id__in=QueuedTweet.objects.filter(id=tweet_id).values("author_id"),
+    ).order_by("scheduled_at", "id")
+    held = [tweet for tweet in later if not _retried(tweet)]
+    if not held:
+        return 0
     published = published_times(now)
-    mine = published_times(now, author_id=author_id)
+    mine = published_times(now, author_id=held[0].author_id)
+    cap = author_cap(held[0])
+    planned = dict(
+        QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=False)
+        .order_by()
+        .values_list("id", "scheduled_at")
+    )
     moved = 0
-    held = QueuedTweet.objects.filter(
-        status=Status.APPROVED, author_id=author_id, scheduled_at__gt=now
-    ).order_by("scheduled_at")
     for tweet in held:
-        if _retried(tweet) or tweet.scheduled_at <= (tweet.approved_at or now) + pacing.max_delay:
-            continue  # a retry's wait, or the random delay: no rule set this time
-        if _pinned(tweet, pacing, published, mine, author_cap(tweet)):
-            continue
-        if QueuedTweet.objects.filter(
+        base = max(now, (tweet.approved_at or now) + pacing.min_delay)
+        others = [at for other, at in planned.items() if other != tweet.id]
+        allowed = allowed_at(base, pacing, others + published, mine, cap)
+        if allowed.at >= tweet.scheduled_at or not QueuedTweet.objects.filter(
             id=tweet.id, status=Status.APPROVED, scheduled_at=tweet.scheduled_at
-        ).update(scheduled_at=None, updated_at=now):
-            tweet.scheduled_at = None
-            moved += reply_schedule(tweet, now=now) is not None
+        ).update(scheduled_at=allowed.at, updated_at=now):
+            continue
+        planned[tweet.id] = allowed.at
+        mine.append(allowed.at)  # it will fill the author's cap in its turn
+        moved += 1
+        held_by = [_words(hold, pacing, tweet, now).words for hold in allowed.holds]
+        event(
+            "scheduled",
+            tweet=tweet.id,
+            post=tweet.target_tweet_id,
+            at=allowed.at.isoformat(timespec="minutes"),
+            why="sooner, a claim to the same author given up"
+            + (f": {', then '.join(held_by)}" if held_by else ""),
+        )
     return moved
 
 

@@ -12,7 +12,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from bot.models import Channel, Decision, OurReply, QueuedTweet, Status
-from bot.services.scheduling import repace_held
+from bot.services.scheduling import repace_after_release
 
 __all__ = [
     "NO_ERROR",
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # A tweet in one of these is done with; its dead-letter row, if any, is resolved.
 SETTLED = [Status.POSTED, Status.REJECTED, Status.SKIPPED, Status.EXPIRED, Status.HANDOFF]
 # A reply that did not go out gives up its claim: it no longer counts against the caps
-# (``transition`` then gives replies it held their time again).
+# (``transition`` then lets replies to the same author it held go sooner).
 UNCLAIMED = {"lease_until": None, "publish_request_id": None, "claimed_at": None}
 # Statuses a claim is held in.
 CLAIMING = {Status.PUBLISHING, Status.UNKNOWN}
@@ -73,15 +73,12 @@ def transition(
 
 def _claim_given_up(tweet_id: int) -> None:
     """A claim given up no longer fills the caps: replies to the same author that it
-    held get their time again. A failure here never undoes the move itself."""
-    author_id = QueuedTweet.objects.filter(id=tweet_id).values_list("author_id", flat=True).first()
-    if not author_id:
-        return
+    held may go sooner. A failure here never undoes the move itself."""
     try:
         with transaction.atomic():
-            repace_held(author_id)
+            repace_after_release(tweet_id)
     except Exception:
-        log.exception("pacing: replies to author %s keep their time; next release", author_id)
+        log.exception("pacing: replies held with reply %s keep their time", tweet_id)
 
 
 def posted_fields(reply_id: str, now: datetime, claimed_at: datetime | None) -> dict[str, object]:
