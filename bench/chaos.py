@@ -655,9 +655,12 @@ class Owner:
                 continue
             if message["message_id"] in self.answered_prompts:
                 continue
-            asked_about = (message.get("reply_to_message") or {}).get("message_id")
-            original = by_id.get(asked_about)
-            found = re.search(r"/status/(\d+)", (original or {}).get("text", ""))
+            # The message it quotes, as it is now or (retired since) as it was then.
+            quoted = message.get("reply_to_message") or {}
+            original = by_id.get(quoted.get("message_id")) or {}
+            found = re.search(r"/status/(\d+)", original.get("text", "")) or re.search(
+                r"/status/(\d+)", quoted.get("text", "")
+            )
             if found is None:
                 continue
             plan = self.plan_for(found.group(1))
@@ -1143,11 +1146,14 @@ def settle_state(published: list[str], *, deadline_in: float) -> dict[str, Any]:
     return {"in_progress": in_progress, "leased": leased}
 
 
-def hourly_full(tweet: Any, claims: list[datetime], rows: Any, cap: int, now: datetime) -> bool:
+def hourly_full(
+    tweet: Any, started: datetime, claims: list[datetime], rows: Any, cap: int, now: datetime
+) -> bool:
     """Whether ``tweet`` waits for the hourly cap: its time is an hour after a moment of
-    this run, and the replies claimed plus those waiting with a time (scheduling plans
-    each approved reply a slot, so planned ones fill the hour too) reach the cap."""
-    first = min(claims, default=now) - timedelta(seconds=1)
+    this run (a claim's, maybe one given up since), and the replies claimed plus those
+    waiting with a time (scheduling plans each approved reply a slot, so planned ones
+    fill the hour too) reach the cap."""
+    first = started - timedelta(seconds=1)
     if not first + timedelta(hours=1) <= tweet.scheduled_at <= now + timedelta(hours=1, seconds=1):
         return False
     waiting = sum(1 for t in rows if t.status == "approved" and t.scheduled_at)
@@ -1254,6 +1260,7 @@ def check(
     explanations: Counter[str] = Counter()
     lost = []
     held: Counter[str] = Counter()
+    started = datetime.fromtimestamp(shifts[0]["from"], UTC)
     claims = sorted(
         t.claimed_at
         for t in rows.values()
@@ -1286,7 +1293,7 @@ def check(
             rule = "author cap"
         elif tweet.scheduled_at >= quiet_ends_at - timedelta(seconds=5):
             rule = "quiet hours"
-        elif hourly_full(tweet, claims, list(rows.values()), config.hourly_cap, now):
+        elif hourly_full(tweet, started, claims, list(rows.values()), config.hourly_cap, now):
             rule = "hourly cap"
         elif tweet.last_error:
             rule = "retry after a failure"

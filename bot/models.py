@@ -364,6 +364,9 @@ class ApprovalMessage(models.Model):
     edit_version = models.PositiveIntegerField(null=True, blank=True)
     # Shows a final outcome: never edited again.
     settled = models.BooleanField(default=False)
+    # The tweet's ``updated_at`` when the message was last drawn: the outbox looks only
+    # at messages whose tweet changed since, however many wait (held replies, say).
+    drawn_from = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

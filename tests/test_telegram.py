@@ -744,6 +744,60 @@ def test_a_message_is_edited_only_when_its_tweet_changes_never_for_the_clock(pip
     assert requests_to(pipeline.telegram, "editMessageText") == edits
 
 
+def test_an_old_message_is_redrawn_however_many_wait_and_each_is_looked_at_once(
+    pipeline, monkeypatch
+):
+    """Messages about held replies stay open for hours; a change to the oldest one (a
+    redraft that needs the owner again) still reaches the phone in the next pass, and a
+    message whose tweet did not change is not rendered again."""
+    from bot.telegram import outbox
+
+    monkeypatch.setattr(outbox, "CHANGED_AT_ONCE", 3)
+    oldest, *newer = _pending(6)
+    outbox.ask_owner(outbox.owner_client(), limit=10)
+    assert outbox.ask_owner(outbox.owner_client())["updated"] == 0
+    renders = []
+    drawn = outbox.render
+    monkeypatch.setattr(
+        outbox, "render", lambda tweet, **kw: renders.append(tweet.id) or drawn(tweet, **kw)
+    )
+    assert outbox.ask_owner(outbox.owner_client())["updated"] == 0
+    assert renders == []  # nothing changed: nothing rendered, however many are open
+
+    for tweet in newer:  # more changes than a pass looks at, the oldest's first
+        QueuedTweet.objects.filter(id=tweet.id).update(draft="newer", updated_at=timezone.now())
+    QueuedTweet.objects.filter(id=oldest.id).update(
+        draft="a clearly different reply", draft_version=2, updated_at=timezone.now()
+    )
+    outbox.ask_owner(outbox.owner_client())
+    outbox.ask_owner(outbox.owner_client())
+    shown = pipeline.telegram.message(ApprovalMessage.objects.get(queued_tweet=oldest).message_id)
+    assert "a clearly different reply" in shown["text"]
+    assert f"a:{oldest.id}:2" in data_of(shown, "Approve")
+    assert all(
+        "newer" in pipeline.telegram.message(m.message_id)["text"]
+        for m in ApprovalMessage.objects.filter(queued_tweet__in=newer)
+    )
+
+
+def test_the_edit_question_is_asked_under_the_copy_that_keeps_the_buttons(pipeline):
+    # Telegram takes the first send and the answer is lost: the outbox sends it again,
+    # and the phone shows two copies, the older one never recorded.
+    pipeline.telegram.faults.add("sendMessage", "cut_after", times=1)
+    post_id = drafted(pipeline)
+    phone_pass()
+    live = message_for(pipeline, post_id)
+    [stale] = [m for m in pipeline.telegram.bot_messages() if m["message_id"] != live["message_id"]]
+    assert stale["message_id"] < live["message_id"]
+
+    tap(pipeline, stale, "Edit")  # pressed on the old copy: it is retired
+    question = pipeline.telegram.bot_messages()[-1]
+    assert question["text"].startswith("✏️ Send the new reply")
+    assert question["reply_to_message"]["message_id"] == live["message_id"]
+    assert "out of date" in pipeline.telegram.message(stale["message_id"])["text"]
+    assert keyboard(message_for(pipeline, post_id))  # the live copy keeps its buttons
+
+
 def test_a_strangers_unstorable_message_never_blocks_the_owners(pipeline):
     pipeline.telegram.add_user(STRANGER, first_name="Mallory")
     pipeline.telegram.send_user_message("hi\x00there", chat_id=STRANGER, user_id=STRANGER)

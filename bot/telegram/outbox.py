@@ -43,7 +43,7 @@ SLOT_KEY = "replyguy:telegram:slot:{}"
 TURNS_AHEAD = 5  # a sender waits at most this many turns; more means another is busy
 SEND_LEASE = timedelta(minutes=2)
 MAX_SEND_ATTEMPTS = 3  # a message Telegram refuses outright (400) is tried this often
-SHOWN_AT_ONCE = 500  # unsettled messages looked at per pass
+CHANGED_AT_ONCE = 500  # messages whose tweet changed, looked at per pass
 
 
 class NotYourTurn(Exception):
@@ -176,6 +176,7 @@ def _send_new(client: TelegramClient, now: datetime, limit: int, counts: dict[st
         ApprovalMessage.objects.filter(queued_tweet=tweet, sending_until=claim).update(
             message_id=message_id,
             rendered=rendering.fingerprint,
+            drawn_from=tweet.updated_at,
             sent_at=now,
             sending_until=None,
             last_error="",
@@ -224,18 +225,23 @@ def _release_send(
 
 
 def _update_shown(client: TelegramClient, now: datetime, counts: dict[str, int]) -> None:
-    """Edit every sent message whose tweet changed since (new draft, decision, result)."""
-    shown = (
+    """Edit every sent message whose tweet changed since (new draft, decision, result),
+    the oldest change first, so none waits behind newer ones."""
+    changed = (
         ApprovalMessage.objects.filter(settled=False, message_id__isnull=False)
+        .filter(Q(drawn_from__isnull=True) | Q(queued_tweet__updated_at__gt=F("drawn_from")))
         .select_related("queued_tweet")
-        .order_by("-id")[:SHOWN_AT_ONCE]
+        .order_by("queued_tweet__updated_at", "id")[:CHANGED_AT_ONCE]
     )
-    for message in shown:
+    for message in changed:
         tweet = message.queued_tweet
         # The post's age as of the message's first sending: what changes a message is
         # its tweet, never the clock.
         rendering = render(tweet, now=message.sent_at or now)
         if rendering.fingerprint == message.rendered:
+            ApprovalMessage.objects.filter(id=message.id, rendered=message.rendered).update(
+                drawn_from=tweet.updated_at
+            )
             continue
         take_turn()  # edits count against Telegram's pace too
         try:
@@ -253,7 +259,9 @@ def _update_shown(client: TelegramClient, now: datetime, counts: dict[str, int])
             log.exception("telegram: message %s could not be updated", message.message_id)
             continue
         ApprovalMessage.objects.filter(id=message.id, rendered=message.rendered).update(
-            rendered=rendering.fingerprint, settled=tweet.status in FINAL
+            rendered=rendering.fingerprint,
+            settled=tweet.status in FINAL,
+            drawn_from=tweet.updated_at,
         )
         counts["updated"] += 1
 

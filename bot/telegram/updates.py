@@ -225,10 +225,16 @@ def _ask_for_edit(client: TelegramClient, press: Press, tweet: QueuedTweet, mess
             if tweet.status == Status.PENDING
             else "This reply is no longer waiting for a decision."
         )
+    # Asked under the copy that keeps the buttons (``show`` retires an older one pressed).
+    live = (
+        ApprovalMessage.objects.filter(queued_tweet=tweet)
+        .values_list("message_id", flat=True)
+        .first()
+    )
     prompt = client.ask(
         f"✏️ Send the new reply to @{tweet.author_username} as an answer to this message.\n\n"
         f"The draft now:\n{tweet.draft}",
-        reply_to=message_id,
+        reply_to=live or message_id,
     )
     ApprovalMessage.objects.update_or_create(
         queued_tweet=tweet, defaults={"edit_prompt_id": prompt, "edit_version": press.version}
@@ -277,7 +283,7 @@ def show(client: TelegramClient, tweet_id: int, pressed: int | None = None) -> N
         log.info("telegram: message for reply %s not redrawn now (%s)", tweet.id, exc)
         return
     ApprovalMessage.objects.filter(id=message.id, message_id=message.message_id).update(
-        rendered=rendering.fingerprint, settled=tweet.status in FINAL
+        rendered=rendering.fingerprint, settled=tweet.status in FINAL, drawn_from=tweet.updated_at
     )
 
 
