@@ -749,10 +749,11 @@ def test_an_old_message_is_redrawn_however_many_wait_and_each_is_looked_at_once(
 ):
     """Messages about held replies stay open for hours; a change to the oldest one (a
     redraft that needs the owner again) still reaches the phone in the next pass, and a
-    message whose tweet did not change is not rendered again."""
+    message whose tweet did not change is rendered again only in its turn."""
     from bot.telegram import outbox
 
     monkeypatch.setattr(outbox, "CHANGED_AT_ONCE", 3)
+    monkeypatch.setattr(outbox, "SWEPT_AT_ONCE", 1)
     oldest, *newer = _pending(6)
     outbox.ask_owner(outbox.owner_client(), limit=10)
     assert outbox.ask_owner(outbox.owner_client())["updated"] == 0
@@ -762,7 +763,7 @@ def test_an_old_message_is_redrawn_however_many_wait_and_each_is_looked_at_once(
         outbox, "render", lambda tweet, **kw: renders.append(tweet.id) or drawn(tweet, **kw)
     )
     assert outbox.ask_owner(outbox.owner_client())["updated"] == 0
-    assert renders == []  # nothing changed: nothing rendered, however many are open
+    assert len(renders) == 1  # nothing changed: one in its turn, however many are open
 
     for tweet in newer:  # more changes than a pass looks at, the oldest's first
         QueuedTweet.objects.filter(id=tweet.id).update(draft="newer", updated_at=timezone.now())
@@ -778,6 +779,98 @@ def test_an_old_message_is_redrawn_however_many_wait_and_each_is_looked_at_once(
         "newer" in pipeline.telegram.message(m.message_id)["text"]
         for m in ApprovalMessage.objects.filter(queued_tweet__in=newer)
     )
+
+
+def _outbox_pass() -> None:
+    from bot.telegram.outbox import ask_owner, owner_client
+
+    ask_owner(owner_client(), limit=50)
+
+
+def test_a_redraft_is_shown_though_its_writer_stamped_it_earlier_than_the_last_drawing(
+    pipeline,
+):
+    """Each process stamps ``updated_at`` by its own clock: a poller 30 s ahead, then the
+    cluster writing the new draft 10 s later. The message still shows the new draft."""
+    from bot.services.transitions import transition
+
+    [tweet] = _pending(1)
+    _outbox_pass()
+    now = timezone.now()
+    with time_machine.travel(now + timedelta(seconds=30), tick=False):
+        assert transition(tweet.id, expected=Status.PENDING, to=Status.NEW)
+    _outbox_pass()
+    message_id = ApprovalMessage.objects.get(queued_tweet=tweet).message_id
+    assert "Writing a new draft" in pipeline.telegram.message(message_id)["text"]
+    with time_machine.travel(now + timedelta(seconds=10), tick=False):
+        assert transition(
+            tweet.id, expected=Status.NEW, to=Status.PENDING, draft="the new draft", draft_version=2
+        )
+    _outbox_pass()
+    assert "the new draft" in pipeline.telegram.message(message_id)["text"]
+
+
+def test_a_new_reply_mode_reaches_every_open_message_in_turn(pipeline, settings, monkeypatch):
+    from bot.telegram import outbox
+
+    monkeypatch.setattr(outbox, "SWEPT_AT_ONCE", 2)
+    settings.REPLY_MODE = "api"
+    tweets = _pending(5)
+    _outbox_pass()
+    settings.REPLY_MODE = "handoff"  # a restart with another mode: no tweet changed
+
+    def says_handoff() -> list[bool]:
+        return [
+            "through the API"
+            not in pipeline.telegram.message(
+                ApprovalMessage.objects.get(queued_tweet=tweet).message_id
+            )["text"]
+            for tweet in tweets
+        ]
+
+    _outbox_pass()
+    assert says_handoff().count(True) == 2  # a few a pass
+    _outbox_pass()
+    _outbox_pass()
+    assert all(says_handoff())
+
+
+def test_an_edit_from_an_older_state_is_drawn_again_after_a_press_redraws_it(pipeline, monkeypatch):
+    """A pass waits its turn before each edit; meanwhile the owner rejects the next
+    draft and the poller redraws it. Whatever lands last on the phone, the next pass
+    leaves the message saying Rejected."""
+    from bot.services.transitions import transition
+    from bot.telegram import outbox, updates
+
+    first, second = _pending(2)
+    _outbox_pass()
+    for tweet in (first, second):
+        QueuedTweet.objects.filter(id=tweet.id).update(
+            draft=f"second draft {tweet.id}", draft_version=2, updated_at=timezone.now()
+        )
+    client = outbox.owner_client()
+    edit = client.edit_message
+    rejected = []
+
+    def edit_then_press(message_id, **fields):
+        edit(message_id, **fields)
+        if not rejected:  # during the pass's first edit, the owner rejects the other
+            other = next(
+                t
+                for t in (first, second)
+                if ApprovalMessage.objects.get(queued_tweet=t).message_id != message_id
+            )
+            rejected.append(other)
+            assert transition(other.id, expected=Status.PENDING, to=Status.REJECTED)
+            updates.show(client, other.id)
+
+    monkeypatch.setattr(client, "edit_message", edit_then_press)
+    outbox.ask_owner(client)
+    monkeypatch.undo()
+    _outbox_pass()
+    shown = message_for(pipeline, rejected[0].target_tweet_id)
+    assert "Rejected" in shown["text"]
+    assert keyboard(shown) == []
 
 
 def test_the_edit_question_is_asked_under_the_copy_that_keeps_the_buttons(pipeline):

@@ -13,6 +13,7 @@ recorded at once under its sender's claim, so it is not sent again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from bot.clients.errors import ClientError, ErrorKind
@@ -44,6 +45,8 @@ TURNS_AHEAD = 5  # a sender waits at most this many turns; more means another is
 SEND_LEASE = timedelta(minutes=2)
 MAX_SEND_ATTEMPTS = 3  # a message Telegram refuses outright (400) is tried this often
 CHANGED_AT_ONCE = 500  # messages whose tweet changed, looked at per pass
+SWEPT_AT_ONCE = 20  # and open messages looked at in turn, whatever their tweet says
+SWEPT_TO = "replyguy:telegram:swept-to"  # the last message id the turn reached
 
 
 class NotYourTurn(Exception):
@@ -225,23 +228,26 @@ def _release_send(
 
 
 def _update_shown(client: TelegramClient, now: datetime, counts: dict[str, int]) -> None:
-    """Edit every sent message whose tweet changed since (new draft, decision, result),
-    the oldest change first, so none waits behind newer ones."""
-    changed = (
-        ApprovalMessage.objects.filter(settled=False, message_id__isnull=False)
-        .filter(Q(drawn_from__isnull=True) | Q(queued_tweet__updated_at__gt=F("drawn_from")))
-        .select_related("queued_tweet")
-        .order_by("queued_tweet__updated_at", "id")[:CHANGED_AT_ONCE]
+    """Edit every sent message whose tweet changed since it was drawn (new draft,
+    decision, result), the oldest change first, so none waits behind newer ones; and a
+    few others in turn, whatever their tweet says (a new ``REPLY_MODE``, a clock that
+    went back), so none stays wrong for good."""
+    open_ = ApprovalMessage.objects.filter(settled=False, message_id__isnull=False)
+    changed = list(
+        open_.filter(
+            Q(drawn_from__isnull=True) | ~Q(queued_tweet__updated_at=F("drawn_from"))
+        ).order_by("queued_tweet__updated_at", "id")[:CHANGED_AT_ONCE]
     )
-    for message in changed:
-        tweet = message.queued_tweet
+    for message in changed + _swept(open_, {message.id for message in changed}):
+        # Read now, not with the batch: a pass waits its turn before each edit, and a
+        # press may have moved the tweet meanwhile.
+        tweet = QueuedTweet.objects.get(id=message.queued_tweet_id)
         # The post's age as of the message's first sending: what changes a message is
         # its tweet, never the clock.
         rendering = render(tweet, now=message.sent_at or now)
+        drawn = {"drawn_from": tweet.updated_at}
         if rendering.fingerprint == message.rendered:
-            ApprovalMessage.objects.filter(id=message.id, rendered=message.rendered).update(
-                drawn_from=tweet.updated_at
-            )
+            ApprovalMessage.objects.filter(id=message.id, rendered=message.rendered).update(**drawn)
             continue
         take_turn()  # edits count against Telegram's pace too
         try:
@@ -258,12 +264,30 @@ def _update_shown(client: TelegramClient, now: datetime, counts: dict[str, int])
         except Exception:
             log.exception("telegram: message %s could not be updated", message.message_id)
             continue
-        ApprovalMessage.objects.filter(id=message.id, rendered=message.rendered).update(
-            rendered=rendering.fingerprint,
-            settled=tweet.status in FINAL,
-            drawn_from=tweet.updated_at,
-        )
+        if not ApprovalMessage.objects.filter(id=message.id, rendered=message.rendered).update(
+            rendered=rendering.fingerprint, settled=tweet.status in FINAL, **drawn
+        ):
+            # Redrawn meanwhile (a press): this edit may have landed last, from an older
+            # state. The next pass draws it again.
+            ApprovalMessage.objects.filter(id=message.id, message_id=message.message_id).update(
+                drawn_from=None, rendered="", settled=False
+            )
         counts["updated"] += 1
+
+
+def _swept(open_: QuerySet[ApprovalMessage], seen: set[int]) -> list[ApprovalMessage]:
+    """The next few open messages after the last pass's, round the whole set in turn."""
+    try:
+        after = int(cache.get(SWEPT_TO) or 0)
+    except Exception:
+        after = 0  # the cache is down: from the start (its failure is logged elsewhere)
+    rows = list(open_.filter(id__gt=after).order_by("id")[:SWEPT_AT_ONCE])
+    if len(rows) < SWEPT_AT_ONCE and after:
+        rows += list(open_.filter(id__lte=after).order_by("id")[: SWEPT_AT_ONCE - len(rows)])
+    if rows:
+        with contextlib.suppress(Exception):
+            cache.set(SWEPT_TO, rows[-1].id, timeout=None)
+    return [message for message in rows if message.id not in seen]
 
 
 def _forget_message(message: ApprovalMessage, tweet: QueuedTweet) -> None:
