@@ -59,7 +59,11 @@ POSTS_PER_AUTHOR = 3
 TIMELINE_LAG = 3.0  # seconds the sandbox X's timelines trail writes
 ALERT_COOLDOWN_MINUTES = 1
 AUTHOR_CAP = 2
-UNANSWERED_FOR = 120.0  # seconds before the owner gives up on a press the bot never took
+# Seconds before the owner gives up on a press or text the bot has not handled yet: long,
+# as the bot handles every update in the end (a second Edit would make a newer question,
+# and the bot takes an answer only to the newest).
+UNANSWERED_FOR = 600.0
+REFUSED_AFTER = 30.0  # seconds after the bot handled a text that changed nothing
 WORKERS = 2
 # How often this run queues each stage (seconds); the schedules' own are 1-5 minutes.
 TRIGGERS = {
@@ -618,6 +622,7 @@ class Owner:
     def came_to_nothing(self, plan: Plan, now: float) -> bool:
         """Whether the owner's last word will not take effect, so a person presses again:
         the bot handled it and failed (a press left unanswered, a text with an error), or
+        refused the text (handled, and the draft unchanged ``REFUSED_AFTER`` later), or
         nothing came of it for ``UNANSWERED_FOR``. An answered press is done; one the bot
         has not handled yet waits its turn (the poller behind, or Telegram failing and
         the update tried again)."""
@@ -627,7 +632,10 @@ class Owner:
             update = TelegramUpdate.objects.filter(update_id=plan.sent).first()
             if update is None or update.handled_at is None:
                 return now - plan.acted_at >= UNANSWERED_FOR
-            return bool(update.error)
+            # Handled, and still the same draft a while later: the bot refused the text
+            # (an older question, one it never recorded) or failed on it.
+            waited = (datetime.now(UTC) - update.handled_at).total_seconds()
+            return bool(update.error) or waited >= REFUSED_AFTER
         with self.sandbox.telegram.lock:
             query = self.sandbox.telegram.callback_queries.get(plan.query)
             if query is None or query["answered"]:
