@@ -35,12 +35,7 @@ def reply_schedule(tweet: QueuedTweet, *, now: datetime | None = None) -> dateti
     """Give an approved reply its time; None if it was no longer waiting for one."""
     now = now or timezone.now()
     pacing = Pacing.from_settings()
-    planned = list(
-        QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=False)
-        .exclude(id=tweet.id)
-        .order_by()
-        .values_list("scheduled_at", flat=True)
-    )
+    planned = list(_planned(excluding=tweet.id).values())
     allowed = allowed_at(now + pacing.random_delay(), pacing, planned + published_times(now))
     when = allowed.at
     moved = QueuedTweet.objects.filter(
@@ -199,11 +194,7 @@ def repace_after_release(tweet_id: int, *, now: datetime | None = None) -> int:
     published = published_times(now)
     mine = published_times(now, author_id=held[0].author_id)
     cap = author_cap(held[0])
-    planned = dict(
-        QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=False)
-        .order_by()
-        .values_list("id", "scheduled_at")
-    )
+    planned = _planned()
     moved = 0
     for tweet in held:
         base = max(now, (tweet.approved_at or now) + pacing.min_delay)
@@ -238,14 +229,17 @@ def _pinned(
     """The rules that hold ``tweet`` at its time now; () if none does (a random delay, a
     retry's wait, or a rule that no longer holds)."""
     assert tweet.scheduled_at is not None
-    planned = list(
-        QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=False)
-        .exclude(id=tweet.id)
-        .order_by()
-        .values_list("scheduled_at", flat=True)
-    )
+    planned = list(_planned(excluding=tweet.id).values())
     pinned = allowed_at(tweet.scheduled_at - _JUST_BEFORE, pacing, planned + published, mine, cap)
     return pinned.holds if pinned.holds and pinned.at >= tweet.scheduled_at else ()
+
+
+def _planned(*, excluding: int | None = None) -> dict[int, datetime]:
+    """The times given to approved replies (each holds its slot), by reply id."""
+    rows = QueuedTweet.objects.filter(status=Status.APPROVED, scheduled_at__isnull=False)
+    if excluding is not None:
+        rows = rows.exclude(id=excluding)
+    return dict(rows.order_by().values_list("id", "scheduled_at"))
 
 
 def _retried(tweet: QueuedTweet) -> bool:

@@ -232,24 +232,30 @@ def _update_shown(client: TelegramClient, now: datetime, counts: dict[str, int])
     decision, result), the oldest change first, so none waits behind newer ones; and a
     few others in turn, whatever their tweet says (a new ``REPLY_MODE``, a clock that
     went back), so none stays wrong for good."""
-    open_ = ApprovalMessage.objects.filter(settled=False, message_id__isnull=False)
+    open_ = ApprovalMessage.objects.filter(settled=False, message_id__isnull=False).select_related(
+        "queued_tweet"
+    )
     changed = list(
         open_.filter(
             Q(drawn_from__isnull=True) | ~Q(queued_tweet__updated_at=F("drawn_from"))
         ).order_by("queued_tweet__updated_at", "id")[:CHANGED_AT_ONCE]
     )
     for message in changed + _swept(open_, {message.id for message in changed}):
-        # Read now, not with the batch: a pass waits its turn before each edit, and a
-        # press may have moved the tweet meanwhile.
-        tweet = QueuedTweet.objects.get(id=message.queued_tweet_id)
+        tweet = message.queued_tweet
         # The post's age as of the message's first sending: what changes a message is
         # its tweet, never the clock.
         rendering = render(tweet, now=message.sent_at or now)
-        drawn = {"drawn_from": tweet.updated_at}
         if rendering.fingerprint == message.rendered:
-            ApprovalMessage.objects.filter(id=message.id, rendered=message.rendered).update(**drawn)
+            if message.drawn_from != tweet.updated_at:
+                ApprovalMessage.objects.filter(id=message.id, rendered=message.rendered).update(
+                    drawn_from=tweet.updated_at
+                )
             continue
         take_turn()  # edits count against Telegram's pace too
+        # Read again after the wait for a turn: a press may have moved the tweet meanwhile.
+        tweet = QueuedTweet.objects.get(id=tweet.id)
+        rendering = render(tweet, now=message.sent_at or now)
+        drawn = {"drawn_from": tweet.updated_at}
         try:
             client.edit_message(message.message_id, text=rendering.text, buttons=rendering.buttons)
         except ClientError as exc:
